@@ -1,0 +1,118 @@
+"""Helpers for tests: a real server process, tus requests, files."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+TUS = {"Tus-Resumable": "1.0.0"}
+PATCH_HEADERS = {**TUS, "Content-Type": "application/offset+octet-stream"}
+REPO = Path(__file__).resolve().parent.parent
+
+
+def metadata(**values: str) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def uploader_command() -> list[str]:
+    script = shutil.which("uploader", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "uploader"]
+
+
+@dataclass
+class LiveServer:
+    data_dir: Path
+    port: int
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.data_dir / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def tus_url(self) -> str:
+        return f"{self.url}/files/"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child process keeps it open
+        self.process = subprocess.Popen(
+            [*uploader_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start in 30 s")
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up, as in a crash."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(data_dir: Path, **env: str) -> LiveServer:
+    full_env = {
+        **os.environ,
+        "UPLOADER_DATA_DIR": str(data_dir),
+        "UPLOADER_LOG_LEVEL": "info",
+        "UPLOADER_CHECKPOINT_BYTES": str(1024 * 1024),
+        **env,
+    }
+    full_env.pop("UPLOADER_DATABASE_URL", None) if "UPLOADER_DATABASE_URL" not in env else None
+    server = LiveServer(data_dir=data_dir, port=free_port(), env=full_env)
+    server.start()
+    return server
+
+
+def random_file(path: Path, size: int) -> Path:
+    with open(path, "wb") as out:
+        remaining = size
+        while remaining:
+            block = os.urandom(min(remaining, 1024 * 1024))
+            out.write(block)
+            remaining -= len(block)
+    return path

@@ -1,0 +1,3 @@
+from uploader.cli import main
+
+main()

@@ -1,0 +1,72 @@
+"""The ``uploader`` command: ``serve`` and ``migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+import uvicorn
+
+from uploader.kit.logging import configure_logging, get_logger
+from uploader.settings import Settings
+
+log = get_logger(__name__)
+
+
+class _GracefulServer(uvicorn.Server):
+    """On SIGTERM/SIGINT, in-flight PATCHes stop reading and record what they received."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        app = self.config.loaded_app
+        state = getattr(getattr(app, "app", app), "state", None)
+        service = getattr(state, "uploads", None) if state is not None else None
+        if service is not None:
+            service.locker.interrupt_all()
+        super().handle_exit(sig, frame)
+
+
+def _serve(settings: Settings, host: str, port: int) -> int:
+    from uploader.app import create_app
+    from uploader.db.migrate import upgrade_to_head
+
+    upgrade_to_head(settings.resolved_database_url)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=settings.access_log,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+    )
+    log.info("server.listening", url=f"http://{host}:{port}", tus=f"http://{host}:{port}{settings.tus_path}")
+    _GracefulServer(config).run()
+    return 0
+
+
+def _migrate(settings: Settings) -> int:
+    from uploader.db.migrate import upgrade_to_head
+
+    upgrade_to_head(settings.resolved_database_url)
+    log.info("database.migrated")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="uploader", description="Resumable upload service.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the API (migrates the database first)")
+    serve.add_argument("--host", help="address to listen on (default UPLOADER_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default UPLOADER_PORT or 8000)")
+    commands.add_parser("migrate", help="apply database migrations")
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    if args.command == "serve":
+        sys.exit(_serve(settings, args.host or settings.host, args.port or settings.port))
+    sys.exit(_migrate(settings))

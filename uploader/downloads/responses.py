@@ -1,0 +1,91 @@
+"""Streaming downloads with a single Range, ETag and conditional requests."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from uploader.db.models import Upload
+from uploader.kit.errors import ProblemError
+from uploader.storage.base import UploadStore
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def etag_of(upload: Upload) -> str:
+    # The bytes of a complete upload never change, so id and length identify them.
+    return f'"{upload.id}-{upload.length}"'
+
+
+def content_disposition(filename: str | None, fallback: str) -> str:
+    name = filename or fallback
+    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    candidates = [c.strip().removeprefix("W/") for c in header.split(",")]
+    return "*" in candidates or etag in candidates
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """One satisfiable ``[start, end)`` range, ``None`` to serve everything.
+
+    Malformed or multi-range headers are ignored (a full 200), as RFC 9110 allows.
+    """
+    if header is None:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # suffix: the last N bytes
+        count = int(last)
+        if count == 0:
+            raise ProblemError("range.not_satisfiable", headers={"Content-Range": f"bytes */{size}"})
+        return max(0, size - count), size
+    start = int(first)
+    end = min(int(last) + 1, size) if last else size
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise ProblemError("range.not_satisfiable", headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+async def content_response(
+    request: Request, upload: Upload, store: UploadStore, media_type: str | None = None
+) -> Response:
+    if not upload.is_complete or upload.length is None:
+        raise ProblemError("upload.incomplete", f"{upload.offset} of {upload.length} bytes received")
+    size = upload.length
+    etag = etag_of(upload)
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": content_disposition(upload.filename, upload.id),
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, max-age=0, must-revalidate",
+    }
+    media = media_type or upload.declared_type or "application/octet-stream"
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None and _etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    byte_range = parse_range(request.headers.get("range"), size)
+    if_range = request.headers.get("if-range")
+    if byte_range is not None and if_range is not None and if_range.strip() != etag:
+        byte_range = None
+    start, end = byte_range or (0, size)
+    status = 206 if byte_range is not None else 200
+    if status == 206:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    headers["Content-Length"] = str(end - start)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=media)
+    stored = await store.find(upload.storage_key)
+    return StreamingResponse(stored.reader(start, end), status_code=status, headers=headers, media_type=media)

@@ -1,0 +1,120 @@
+"""One table of stable error codes, rendered as JSON problem details by one handler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from uploader.kit.logging import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    status: int
+    title: str
+
+
+ERRORS: dict[str, ErrorKind] = {
+    "request.invalid": ErrorKind(400, "The request is malformed"),
+    "request.not_found": ErrorKind(404, "No such resource"),
+    "request.method_not_allowed": ErrorKind(405, "Method not allowed"),
+    "auth.unauthorized": ErrorKind(401, "A valid API key is required"),
+    "tus.version_unsupported": ErrorKind(412, "Unsupported tus version"),
+    "tus.content_type": ErrorKind(415, "PATCH bodies must be application/offset+octet-stream"),
+    "tus.header_invalid": ErrorKind(400, "A tus header is malformed"),
+    "tus.metadata_invalid": ErrorKind(400, "Upload-Metadata is malformed"),
+    "tus.checksum_algorithm": ErrorKind(400, "Unsupported checksum algorithm"),
+    "tus.checksum_mismatch": ErrorKind(460, "Checksum mismatch"),
+    "tus.concat_invalid": ErrorKind(400, "Upload-Concat is malformed or names unusable uploads"),
+    "upload.not_found": ErrorKind(404, "Upload not found"),
+    "upload.expired": ErrorKind(410, "Upload expired"),
+    "upload.offset_mismatch": ErrorKind(409, "Upload-Offset does not match the upload's offset"),
+    "upload.too_large": ErrorKind(413, "Upload exceeds the maximum size"),
+    "upload.exceeds_length": ErrorKind(413, "Body is longer than the upload's remaining length"),
+    "upload.length_required": ErrorKind(400, "Upload-Length or Upload-Defer-Length is required"),
+    "upload.length_already_set": ErrorKind(400, "Upload-Length is already set"),
+    "upload.final_immutable": ErrorKind(403, "A final upload cannot be modified"),
+    "upload.locked": ErrorKind(423, "Upload is in use by another request"),
+    "upload.incomplete": ErrorKind(409, "Upload is not complete yet"),
+    "range.not_satisfiable": ErrorKind(416, "Range not satisfiable"),
+    "pagination.cursor_invalid": ErrorKind(400, "Pagination cursor is invalid"),
+    "storage.full": ErrorKind(507, "Storage is full"),
+    "storage.unavailable": ErrorKind(503, "Storage is unavailable"),
+    "service.shutting_down": ErrorKind(503, "The server is shutting down"),
+    "internal": ErrorKind(500, "Internal error"),
+}
+
+
+class ProblemError(Exception):
+    """An error with a stable code from ``ERRORS``; becomes a problem-details response."""
+
+    def __init__(self, code: str, detail: str | None = None, headers: dict[str, str] | None = None) -> None:
+        if code not in ERRORS:
+            raise KeyError(f"unknown error code {code}")
+        super().__init__(detail or ERRORS[code].title)
+        self.code = code
+        self.detail = detail or ERRORS[code].title
+        self.headers = headers or {}
+
+    @property
+    def status(self) -> int:
+        return ERRORS[self.code].status
+
+
+def problem_response(
+    request: Request, code: str, detail: str, headers: dict[str, str] | None = None
+) -> Response:
+    kind = ERRORS[code]
+    body: dict[str, Any] = {
+        "type": f"https://uploader.dev/problems/{code}",
+        "title": kind.title,
+        "status": kind.status,
+        "detail": detail,
+        "code": code,
+        "instance": request.url.path,
+    }
+    all_headers = dict(headers or {})
+    tus_path: str = getattr(request.app.state, "tus_path", "/files/")
+    if request.url.path.startswith(tus_path.rstrip("/")):
+        all_headers.setdefault("Tus-Resumable", "1.0.0")
+    if request.method == "HEAD":
+        # HEAD responses carry no body, but keep the headers.
+        return Response(status_code=kind.status, headers=all_headers)
+    return JSONResponse(
+        body, status_code=kind.status, headers=all_headers, media_type="application/problem+json"
+    )
+
+
+_STATUS_CODES = {400: "request.invalid", 404: "request.not_found", 405: "request.method_not_allowed"}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProblemError)
+        return problem_response(request, exc.code, exc.detail, exc.headers)
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return problem_response(request, "request.invalid", "; ".join(parts)[:2000])
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _STATUS_CODES.get(exc.status_code, "request.invalid")
+        return problem_response(request, code, str(exc.detail), dict(exc.headers or {}))
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("request.failed", path=request.url.path, method=request.method)
+        return problem_response(request, "internal", "An unexpected error occurred")
+
+    app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

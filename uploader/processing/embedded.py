@@ -1,0 +1,67 @@
+"""In-process pipeline for the embedded default: runs the steps as asyncio tasks."""
+
+from __future__ import annotations
+
+import asyncio
+
+from uploader.db.engine import Database
+from uploader.db.models import UploadState
+from uploader.kit.logging import get_logger
+from uploader.storage.base import UploadStore
+from uploader.uploads import repository
+from workers.steps import sha256_of
+
+log = get_logger(__name__)
+
+
+class EmbeddedProcessor:
+    def __init__(self, db: Database, store: UploadStore) -> None:
+        self.db = db
+        self.store = store
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, upload_id: str) -> None:
+        task = asyncio.create_task(self._run(upload_id), name=f"process-{upload_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def resume_pending(self) -> None:
+        """Uploads left received or processing by a stopped server are processed again."""
+        async with self.db.session() as session:
+            pending = await repository.in_states(session, [UploadState.RECEIVED, UploadState.PROCESSING])
+        for upload in pending:
+            await self.submit(upload.id)
+
+    async def _run(self, upload_id: str) -> None:
+        async with self.db.session() as session:
+            upload = await repository.get(session, upload_id)
+            if upload is None or upload.state not in (UploadState.RECEIVED, UploadState.PROCESSING):
+                return
+            if upload.state == UploadState.RECEIVED and not await repository.set_fields_if_state(
+                session, upload, UploadState.RECEIVED, state=UploadState.PROCESSING
+            ):
+                return
+        log.info("processing.started", upload_id=upload_id)
+        try:
+            stored = await self.store.find(upload.storage_key)
+            digest = await sha256_of(stored.reader(0, upload.length or 0))
+        except Exception as exc:
+            log.exception("processing.step_failed", upload_id=upload_id, step="sha256")
+            # Only while still processing: a terminated upload stays terminated.
+            async with self.db.session() as session:
+                await repository.set_fields_if_state(
+                    session, upload, UploadState.PROCESSING,
+                    state=UploadState.FAILED, failure_reason=f"sha256: {exc}",
+                )
+            return
+        async with self.db.session() as session:
+            done = await repository.set_fields_if_state(
+                session, upload, UploadState.PROCESSING, state=UploadState.READY, sha256=digest
+            )
+        if done:
+            log.info("processing.ready", upload_id=upload_id, sha256=digest)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

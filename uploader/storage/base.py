@@ -1,0 +1,90 @@
+"""Storage Protocols: what the upload service needs from a backend, and nothing of HTTP.
+
+A store creates and finds stored uploads; a stored upload writes a chunk at an offset
+from an async stream, reads a byte range and finishes. Optional capabilities
+(terminate, concatenate, deferred length) are separate Protocols, checked with
+``isinstance`` where they are used, as tusd's composer does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+Checkpoint = Callable[[int], Awaitable[None]]
+"""Called with an absolute offset once every byte before it is durable in storage."""
+
+
+@dataclass
+class WriteProgress:
+    """Bytes of the current write that are durable; read it even if the write failed."""
+
+    written: int = 0
+
+
+class StorageFull(Exception):
+    """The backend has no room for more bytes."""
+
+
+class StorageUnavailable(Exception):
+    """The backend cannot be reached or refuses to work."""
+
+
+@runtime_checkable
+class StoredUpload(Protocol):
+    key: str
+
+    async def write_chunk(
+        self,
+        offset: int,
+        body: AsyncIterator[bytes],
+        progress: WriteProgress,
+        checkpoint: Checkpoint | None = None,
+    ) -> int:
+        """Write ``body`` from ``offset``, dropping anything stored beyond it; return bytes written."""
+        ...
+
+    def reader(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """Stream bytes ``[start, end)``."""
+        ...
+
+    async def discard_from(self, offset: int) -> None:
+        """Forget every byte at or after ``offset`` (a rejected request's bytes)."""
+        ...
+
+    async def finish(self, length: int) -> None:
+        """All ``length`` bytes are written; make the object final."""
+        ...
+
+
+@runtime_checkable
+class UploadStore(Protocol):
+    async def create(self, key: str, length: int | None) -> StoredUpload: ...
+
+    async def find(self, key: str) -> StoredUpload: ...
+
+    async def check(self) -> None:
+        """Raise ``StorageUnavailable`` when the backend cannot serve requests."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class TerminatableUpload(Protocol):
+    async def terminate(self) -> None:
+        """Remove every byte and object of this upload."""
+        ...
+
+
+@runtime_checkable
+class ConcatenatableUpload(Protocol):
+    async def concatenate(self, parts: list[StoredUpload], lengths: list[int]) -> None:
+        """Fill this upload with the bytes of ``parts`` in order."""
+        ...
+
+
+@runtime_checkable
+class LengthDeclarableUpload(Protocol):
+    async def declare_length(self, length: int) -> None: ...

@@ -1,0 +1,57 @@
+"""Status API: ``GET /api/v1/uploads`` and ``GET /api/v1/uploads/{id}``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from uploader.auth.dependencies import Principal, current_principal
+from uploader.kit.errors import ProblemError
+from uploader.uploads.dependencies import checked_upload_id, service_of
+from uploader.uploads.schemas import UploadPage, UploadStatus
+
+router = APIRouter(prefix="/api/v1/uploads", tags=["uploads"])
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("s") or not raw[1:].isdigit() or len(raw) > 20:
+            raise ValueError(raw)
+        return int(raw[1:])
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise ProblemError("pagination.cursor_invalid") from None
+
+
+@router.get("", response_model=UploadPage)
+async def list_uploads(
+    request: Request,
+    principal: Principal = Depends(current_principal),
+    limit: int = Query(50, ge=1, le=500),
+    cursor: str | None = Query(None, max_length=64),
+) -> UploadPage:
+    """The caller's uploads, newest first, a page at a time."""
+    before = decode_cursor(cursor) if cursor else None
+    uploads = await service_of(request).list_page(principal.name, before, limit + 1)
+    tus_path = request.app.state.settings.tus_path
+    items = [UploadStatus.of(u, tus_path) for u in uploads[:limit]]
+    next_cursor = encode_cursor(uploads[limit - 1].seq) if len(uploads) > limit else None
+    return UploadPage(items=items, next_cursor=next_cursor)
+
+
+@router.get("/{upload_id}", response_model=UploadStatus)
+async def upload_status(
+    request: Request, upload_id: str, principal: Principal = Depends(current_principal)
+) -> UploadStatus:
+    """One upload's state, progress, metadata and links."""
+    service = service_of(request)
+    upload = await service.get(principal.name, checked_upload_id(upload_id), allow_gone=True)
+    if upload.state == "terminated":
+        raise ProblemError("upload.not_found")
+    return UploadStatus.of(upload, request.app.state.settings.tus_path)

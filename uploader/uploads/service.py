@@ -1,0 +1,387 @@
+"""Protocol-agnostic upload operations: create, append, terminate, concatenate, expire.
+
+Protocol handlers parse and validate their headers, then call these methods; storage
+backends know nothing of HTTP. The recorded offset only advances after the bytes are
+in storage, and advances during a long write too (checkpoints).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from uploader.db.engine import Database
+from uploader.db.models import ConcatRole, Upload, UploadState, utcnow
+from uploader.kit.errors import ProblemError
+from uploader.kit.logging import get_logger
+from uploader.settings import Settings
+from uploader.storage.base import (
+    ConcatenatableUpload,
+    LengthDeclarableUpload,
+    StorageFull,
+    StorageUnavailable,
+    StoredUpload,
+    TerminatableUpload,
+    UploadStore,
+    WriteProgress,
+)
+from uploader.uploads import repository
+from uploader.uploads.body import BodyTooLong, RequestBody
+from uploader.uploads.locks import UploadLocked, UploadLocker
+from uploader.uploads.metadata import declared_type_of, filename_of
+
+log = get_logger(__name__)
+
+OnComplete = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Checksum:
+    algorithm: str
+    expected: bytes
+    hasher: Any
+
+
+def new_upload_id() -> str:
+    return secrets.token_hex(16)
+
+
+class UploadService:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        store: UploadStore,
+        locker: UploadLocker,
+        on_complete: OnComplete | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.locker = locker
+        self.on_complete = on_complete
+
+    # -- reading ---------------------------------------------------------------
+
+    async def get(self, owner: str, upload_id: str, *, allow_gone: bool = False) -> Upload:
+        """The caller's upload; another principal's upload is indistinguishable from none."""
+        async with self.db.session() as session:
+            upload = await repository.get(session, upload_id)
+        if upload is None or upload.owner != owner:
+            raise ProblemError("upload.not_found")
+        if not allow_gone:
+            self._ensure_live(upload)
+        return upload
+
+    async def get_settled(self, owner: str, upload_id: str) -> Upload:
+        """The upload once no request is writing to it (a hanging PATCH is asked to stop)."""
+        async with self._locked(upload_id):
+            return await self.get(owner, upload_id)
+
+    def _ensure_live(self, upload: Upload) -> None:
+        if upload.state == UploadState.TERMINATED:
+            raise ProblemError("upload.not_found")
+        if upload.state == UploadState.EXPIRED or self._is_past_expiry(upload):
+            raise ProblemError("upload.expired")
+
+    @staticmethod
+    def _is_past_expiry(upload: Upload) -> bool:
+        return upload.expires_at is not None and upload.expires_at <= utcnow()
+
+    async def list_page(self, owner: str, before_seq: int | None, limit: int) -> list[Upload]:
+        async with self.db.session() as session:
+            return await repository.page_for_owner(session, owner, before_seq, limit)
+
+    def _expiry_from_now(self) -> datetime:
+        return utcnow() + timedelta(seconds=self.settings.upload_ttl_seconds)
+
+    # -- creating --------------------------------------------------------------
+
+    async def create(
+        self,
+        owner: str,
+        length: int | None,
+        meta: dict[str, str | None],
+        concat_role: ConcatRole = ConcatRole.NONE,
+        concat_parts: list[str] | None = None,
+    ) -> Upload:
+        if length is not None and length > self.settings.max_upload_size:
+            raise ProblemError("upload.too_large", f"Upload-Length exceeds {self.settings.max_upload_size}")
+        upload_id = new_upload_id()
+        upload = Upload(
+            id=upload_id,
+            owner=owner,
+            state=UploadState.CREATED,
+            length=length,
+            offset=0,
+            storage_key=secrets.token_hex(16),
+            meta=meta,
+            filename=filename_of(meta),
+            declared_type=declared_type_of(meta),
+            concat_role=concat_role,
+            concat_parts=concat_parts,
+            expires_at=self._expiry_from_now(),
+        )
+        await self._storage(self.store.create(upload.storage_key, length))
+        async with self.db.session() as session:
+            await repository.insert(session, upload)
+        log.info("upload.created", upload_id=upload_id, length=length, concat=concat_role)
+        if length == 0:
+            async with self.db.session() as session:
+                await self._complete(session, upload, await self.store.find(upload.storage_key))
+            await self._after_complete(upload)
+        return upload
+
+    async def create_final(self, owner: str, part_ids: list[str], meta: dict[str, str | None]) -> Upload:
+        """Concatenation: a final upload made of the caller's partial uploads, in order."""
+        async with self.db.session() as session:
+            found = {u.id: u for u in await repository.get_many(session, part_ids)}
+        parts: list[Upload] = []
+        for part_id in part_ids:
+            part = found.get(part_id)
+            if part is None or part.owner != owner or part.is_gone:
+                raise ProblemError("tus.concat_invalid", f"no partial upload {part_id}")
+            if part.concat_role != ConcatRole.PARTIAL:
+                raise ProblemError("tus.concat_invalid", f"upload {part_id} is not a partial upload")
+            parts.append(part)
+        lengths = [p.length for p in parts]
+        total = None if None in lengths else sum(n for n in lengths if n is not None)
+        upload = await self.create(owner, total, meta, ConcatRole.FINAL, concat_parts=part_ids)
+        if upload.state == UploadState.CREATED:
+            await self._try_finish_final(upload)
+        return await self.get(owner, upload.id, allow_gone=True)
+
+    async def _try_finish_final(self, final: Upload) -> None:
+        """Concatenate once every part is complete (concatenation-unfinished waits)."""
+        async with self.locker.hold(final.id):
+            async with self.db.session() as session:
+                current = await repository.get(session, final.id)
+                if current is None or current.state != UploadState.CREATED:
+                    return
+                parts_by_id = {
+                    u.id: u for u in await repository.get_many(session, current.concat_parts or [])
+                }
+            parts = [parts_by_id.get(pid) for pid in current.concat_parts or []]
+            if any(p is None or p.is_gone for p in parts):
+                await self._fail_final(current, "a partial upload was removed before concatenation")
+                return
+            ready = [p for p in parts if p is not None and p.is_complete]
+            if len(ready) != len(parts):
+                return
+            lengths = [p.offset for p in ready]
+            target = await self.store.find(current.storage_key)
+            if not isinstance(target, ConcatenatableUpload):
+                raise ProblemError("tus.concat_invalid", "storage cannot concatenate")
+            sources = [await self.store.find(p.storage_key) for p in ready]
+            await self._storage(target.concatenate(sources, lengths))
+            async with self.db.session() as session:
+                await repository.set_fields(session, current, length=sum(lengths), offset=sum(lengths))
+                await self._complete(session, current, target)
+        await self._after_complete(current)
+
+    async def _fail_final(self, final: Upload, reason: str) -> None:
+        async with self.db.session() as session:
+            await repository.set_fields(
+                session, final, state=UploadState.FAILED, failure_reason=reason, expires_at=None
+            )
+
+    # -- writing ---------------------------------------------------------------
+
+    async def append(
+        self,
+        owner: str,
+        upload_id: str,
+        offset: int,
+        body: RequestBody,
+        *,
+        content_length: int | None = None,
+        declared_length: int | None = None,
+        checksum: Checksum | None = None,
+    ) -> Upload:
+        async with self._locked(upload_id) as holder:
+            upload = await self.get(owner, upload_id)
+            if upload.concat_role == ConcatRole.FINAL:
+                raise ProblemError("upload.final_immutable", "PATCH is not allowed on a final upload")
+            if declared_length is not None:
+                await self._declare_length(upload, declared_length)
+            if offset != upload.offset:
+                raise ProblemError(
+                    "upload.offset_mismatch",
+                    f"Upload-Offset is {offset} but the upload is at {upload.offset}",
+                    headers={"Upload-Offset": str(upload.offset)},
+                )
+            room = (upload.length if upload.length is not None else self.settings.max_upload_size) - offset
+            if content_length is not None and content_length > room:
+                raise ProblemError("upload.exceeds_length", f"{content_length} bytes sent, {room} bytes left")
+            if upload.is_complete:
+                return upload  # an empty PATCH at the end of a complete upload
+            body.limit = room
+            body.hasher = checksum.hasher if checksum else None
+            holder.on_interrupt(body.interrupt)
+            await self._write(upload, offset, body, checksum)
+        if upload.is_complete:
+            await self._after_complete(upload)
+        return upload
+
+    async def _write(self, upload: Upload, offset: int, body: RequestBody, checksum: Checksum | None) -> None:
+        stored = await self.store.find(upload.storage_key)
+        progress = WriteProgress()
+
+        async def checkpoint(durable_offset: int) -> None:
+            async with self.db.session() as session:
+                await repository.set_fields(
+                    session, upload, offset=durable_offset, state=UploadState.RECEIVING
+                )
+
+        # With a checksum nothing of the request may count until it is verified.
+        try:
+            await stored.write_chunk(offset, body, progress, None if checksum else checkpoint)
+        except BodyTooLong:
+            await self._rollback(upload, stored, offset)
+            raise ProblemError(
+                "upload.exceeds_length", f"the body is longer than the {body.limit} bytes left"
+            ) from None
+        except BaseException:
+            # Keep what is durable (a client that vanished resumes from here), then fail.
+            if checksum is None and progress.written:
+                async with self.db.session() as session:
+                    await repository.set_fields(session, upload, offset=offset + progress.written)
+            raise
+        if checksum is not None and (
+            body.interrupted or body.disconnected or checksum.hasher.digest() != checksum.expected
+        ):
+            await self._rollback(upload, stored, offset)
+            if body.interrupted or body.disconnected:
+                return
+            raise ProblemError("tus.checksum_mismatch", f"the body's {checksum.algorithm} does not match")
+        new_offset = offset + progress.written
+        async with self.db.session() as session:
+            if upload.length is not None and new_offset == upload.length:
+                await repository.set_fields(session, upload, offset=new_offset)
+                await self._complete(session, upload, stored)
+            else:
+                await repository.set_fields(
+                    session,
+                    upload,
+                    offset=new_offset,
+                    state=UploadState.RECEIVING if new_offset else upload.state,
+                    expires_at=self._expiry_from_now(),
+                )
+        log.debug("upload.chunk_written", upload_id=upload.id, offset=new_offset, bytes=progress.written)
+
+    async def _rollback(self, upload: Upload, stored: StoredUpload, offset: int) -> None:
+        await stored.discard_from(offset)
+        if upload.offset != offset:
+            async with self.db.session() as session:
+                await repository.set_fields(session, upload, offset=offset)
+
+    async def _declare_length(self, upload: Upload, length: int) -> None:
+        if upload.length is not None:
+            if upload.length != length:
+                raise ProblemError("upload.length_already_set")
+            return
+        if length < upload.offset:
+            raise ProblemError("tus.header_invalid", "Upload-Length is below the current offset")
+        if length > self.settings.max_upload_size:
+            raise ProblemError("upload.too_large")
+        stored = await self.store.find(upload.storage_key)
+        if isinstance(stored, LengthDeclarableUpload):
+            await stored.declare_length(length)
+        async with self.db.session() as session:
+            await repository.set_fields(session, upload, length=length)
+            if length == upload.offset:
+                await self._complete(session, upload, stored)
+
+    async def _complete(self, session: Any, upload: Upload, stored: StoredUpload) -> None:
+        assert upload.length is not None
+        await self._storage(stored.finish(upload.length))
+        # Partial uploads exist to be concatenated: they expire like unfinished ones.
+        expires = self._expiry_from_now() if upload.concat_role == ConcatRole.PARTIAL else None
+        await repository.set_fields(
+            session,
+            upload,
+            state=UploadState.RECEIVED,
+            completed_at=utcnow(),
+            expires_at=expires,
+        )
+        log.info("upload.received", upload_id=upload.id, length=upload.length)
+
+    async def _after_complete(self, upload: Upload) -> None:
+        """Runs after the completing transaction committed."""
+        if upload.concat_role == ConcatRole.PARTIAL:
+            async with self.db.session() as session:
+                finals = await repository.unfinished_finals(session, upload.owner)
+            for final in finals:
+                if upload.id in (final.concat_parts or []):
+                    await self._try_finish_final(final)
+            return
+        if self.on_complete is not None:
+            await self.on_complete(upload.id)
+
+    # -- removing --------------------------------------------------------------
+
+    async def terminate(self, owner: str, upload_id: str) -> None:
+        async with self._locked(upload_id):
+            upload = await self.get(owner, upload_id, allow_gone=True)
+            if upload.state == UploadState.TERMINATED:
+                raise ProblemError("upload.not_found")
+            await self._remove(upload, UploadState.TERMINATED)
+
+    async def _remove(self, upload: Upload, state: UploadState) -> None:
+        stored = await self.store.find(upload.storage_key)
+        if isinstance(stored, TerminatableUpload):
+            await self._storage(stored.terminate())
+        async with self.db.session() as session:
+            await repository.set_fields(session, upload, state=state, expires_at=None)
+        log.info(f"upload.{state.value}", upload_id=upload.id)
+
+    async def expire_due(self, batch: int = 100) -> int:
+        """Remove uploads whose expiry passed; returns how many were removed."""
+        async with self.db.session() as session:
+            due = await repository.due_for_expiry(session, utcnow(), batch)
+        removed = 0
+        for candidate in due:
+            try:
+                async with self._locked(candidate.id):
+                    async with self.db.session() as session:
+                        upload = await repository.get(session, candidate.id)
+                    if upload is None or upload.is_gone or not self._is_past_expiry(upload):
+                        continue
+                    await self._remove(upload, UploadState.EXPIRED)
+                    removed += 1
+            except ProblemError:
+                continue  # busy: the next sweep takes it
+        return removed
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _locked(self, upload_id: str) -> Any:
+        return _translate_locked(self.locker.hold(upload_id))
+
+    @staticmethod
+    async def _storage(operation: Awaitable[Any]) -> Any:
+        try:
+            return await operation
+        except StorageFull as exc:
+            raise ProblemError("storage.full", str(exc)) from exc
+        except StorageUnavailable as exc:
+            raise ProblemError("storage.unavailable", str(exc)) from exc
+
+
+class _translate_locked:
+    """Turns a lock timeout into the ``upload.locked`` problem."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __aenter__(self) -> Any:
+        try:
+            return await self.inner.__aenter__()
+        except UploadLocked:
+            raise ProblemError("upload.locked") from None
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self.inner.__aexit__(*exc)

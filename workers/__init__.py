@@ -1,0 +1,1 @@
+"""Processing steps, shared by the in-process executor and (later) Celery workers."""

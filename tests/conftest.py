@@ -15,8 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from tests.support import LiveServer, start_server
-from uploader.app import create_app
+from tests.support import LiveServer, in_process_client, start_server
 from uploader.db.engine import Database
 from uploader.db.migrate import upgrade_to_head
 from uploader.settings import Settings
@@ -31,7 +30,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 async def _postgres_reachable() -> bool:
     try:
         connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
     await connection.close()
     return True
@@ -102,12 +101,8 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
+    async with in_process_client(settings) as client:
+        yield client
 
 
 @pytest.fixture

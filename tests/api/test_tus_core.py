@@ -16,8 +16,14 @@ async def test_options_announces_version_extensions_and_limits(app_client: httpx
     assert response.headers["Tus-Version"] == "1.0.0"
     extensions = set(response.headers["Tus-Extension"].split(","))
     assert {
-        "creation", "creation-with-upload", "creation-defer-length", "termination",
-        "expiration", "checksum", "concatenation", "concatenation-unfinished",
+        "creation",
+        "creation-with-upload",
+        "creation-defer-length",
+        "termination",
+        "expiration",
+        "checksum",
+        "concatenation",
+        "concatenation-unfinished",
     } <= extensions
     assert int(response.headers["Tus-Max-Size"]) == 10 * 1024**3
     assert set(response.headers["Tus-Checksum-Algorithm"].split(",")) == {"sha1", "md5", "sha256", "sha512"}

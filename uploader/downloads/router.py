@@ -12,7 +12,8 @@ from uploader.uploads.dependencies import checked_upload_id, service_of
 router = APIRouter(prefix="/api/v1/uploads", tags=["downloads"])
 
 
-@router.api_route("/{upload_id}/content", methods=["GET", "HEAD"])
+@router.head("/{upload_id}/content", include_in_schema=False)
+@router.get("/{upload_id}/content")
 async def download_content(
     request: Request, upload_id: str, principal: Principal = Depends(current_principal)
 ) -> Response:

@@ -50,8 +50,11 @@ class EmbeddedProcessor:
             # Only while still processing: a terminated upload stays terminated.
             async with self.db.session() as session:
                 await repository.set_fields_if_state(
-                    session, upload, UploadState.PROCESSING,
-                    state=UploadState.FAILED, failure_reason=f"sha256: {exc}",
+                    session,
+                    upload,
+                    UploadState.PROCESSING,
+                    state=UploadState.FAILED,
+                    failure_reason=f"sha256: {exc}",
                 )
             return
         async with self.db.session() as session:

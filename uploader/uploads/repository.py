@@ -42,9 +42,7 @@ async def set_fields_if_state(
     """Like ``set_fields``, only while the row is still in ``expected_state``."""
     fields.setdefault("updated_at", utcnow())
     result = await session.execute(
-        update(Upload)
-        .where(Upload.id == upload.id, Upload.state == expected_state)
-        .values(**fields)
+        update(Upload).where(Upload.id == upload.id, Upload.state == expected_state).values(**fields)
     )
     if not result.rowcount:  # type: ignore[attr-defined]
         return False

@@ -52,8 +52,7 @@ async def _admin(sql: str) -> None:
 
 async def _empty_uploads(url: str) -> None:
     db = Database(url)
-    async with db.session() as session:
-        await session.execute(text("DELETE FROM uploads"))
+    await db.run(lambda session: session.execute(text("DELETE FROM uploads")))
     await db.dispose()
 
 

@@ -13,6 +13,7 @@ import pytest
 from tests.api.helpers import create, head, offset_of, patch, upload_bytes, upload_id
 from tests.support import TUS
 from uploader.db.models import utcnow
+from uploader.uploads import repository
 
 
 def checksum(algorithm: str, data: bytes) -> str:
@@ -152,10 +153,8 @@ async def test_unfinished_uploads_announce_expiry_and_are_removed_after_it(
     service.settings.upload_ttl_seconds = 1
     assert (await patch(app_client, path, 5, b"67")).status_code == 204  # renews the expiry
     upload = await service.get("anonymous", upload_id(path))
-    async with service.db.session() as session:
-        from uploader.uploads import repository
-
-        await repository.set_fields(session, upload, expires_at=utcnow() - timedelta(seconds=1))
+    past = utcnow() - timedelta(seconds=1)
+    await service.db.run(lambda s: repository.set_fields(s, upload, expires_at=past))
     gone = await head(app_client, path)
     assert gone.status_code == 410
     assert await service.expire_due() == 1

@@ -1,58 +1,83 @@
-"""Async engine and the unit-of-work helper every caller uses."""
+"""The database: one unit-of-work entry point for every caller.
+
+``Database.run(work)`` runs ``work(session)`` in one transaction, committed when it
+returns and rolled back when it raises. On PostgreSQL the session drives asyncpg from
+the event loop (``AsyncSession.run_sync``). On SQLite a whole transaction runs in one
+hop to a dedicated thread with the standard library driver: SQLite has one writer
+anyway, and a per-statement round trip to a driver thread costs more than the work.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
-from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
+Work = Callable[[Session], T]
 
 
-def make_engine(url: str) -> AsyncEngine:
-    if url.startswith("sqlite"):
-        # SQLite has one writer: one shared connection serialises access instead of
-        # letting concurrent transactions fail with "database is locked".
-        engine = create_async_engine(
-            url, poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0, pool_timeout=60
-        )
+def sync_sqlite_url(url: str) -> str:
+    """The standard-library driver's URL for a SQLite URL (``sqlite+aiosqlite://`` too)."""
+    scheme, sep, rest = url.partition("://")
+    return f"sqlite+pysqlite{sep}{rest}" if scheme.startswith("sqlite") else url
 
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=10000")
-            cursor.close()
 
-        return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
 
 
 class Database:
-    """Owns the engine; ``session()`` is one transaction, committed on success."""
-
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = make_engine(url)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._sqlite: Engine | None = None
+        self._async: AsyncEngine | None = None
+        if url.startswith("sqlite"):
+            self._sqlite = create_engine(
+                sync_sqlite_url(url),
+                pool_size=1,
+                max_overflow=0,
+                pool_reset_on_return=None,  # every unit ends in commit or rollback
+                connect_args={"check_same_thread": False},
+            )
+            event.listen(self._sqlite, "connect", _sqlite_pragmas)
+            self._sqlite_sessions = sessionmaker(self._sqlite, expire_on_commit=False)
+            self._sqlite_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
+        else:
+            self._async = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+            self._async_sessions = async_sessionmaker(self._async, expire_on_commit=False)
 
-    @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessions() as session:
+    def _run_sqlite(self, work: Work[T]) -> T:
+        with self._sqlite_sessions() as session, session.begin():
+            return work(session)
+
+    async def run(self, work: Work[T]) -> T:
+        """Run ``work(session)`` as one transaction and return its result."""
+        if self._sqlite is not None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._sqlite_thread, self._run_sqlite, work)
+        async with self._async_sessions() as session:
             try:
-                yield session
+                result = await session.run_sync(work)
                 await session.commit()
             except BaseException:
                 await session.rollback()
                 raise
+            return result
 
     async def dispose(self) -> None:
-        await self.engine.dispose()
+        if self._sqlite is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._sqlite_thread, self._sqlite.dispose)
+            self._sqlite_thread.shutdown(wait=True)
+        if self._async is not None:
+            await self._async.dispose()

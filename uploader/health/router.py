@@ -23,8 +23,7 @@ async def readyz(request: Request) -> JSONResponse:
     checks: dict[str, Any] = {}
     state = request.app.state
     try:
-        async with state.db.session() as session:
-            await session.execute(text("SELECT 1"))
+        await state.db.run(lambda session: session.execute(text("SELECT 1")))
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy.orm import Session
+
 from uploader.db.engine import Database
-from uploader.db.models import UploadState
+from uploader.db.models import Upload, UploadState
 from uploader.kit.logging import get_logger
 from uploader.storage.base import UploadStore
 from uploader.uploads import repository
@@ -27,20 +29,20 @@ class EmbeddedProcessor:
 
     async def resume_pending(self) -> None:
         """Uploads left received or processing by a stopped server are processed again."""
-        async with self.db.session() as session:
-            pending = await repository.in_states(session, [UploadState.RECEIVED, UploadState.PROCESSING])
+        pending = await self.db.run(
+            lambda s: repository.in_states(s, [UploadState.RECEIVED, UploadState.PROCESSING])
+        )
         for upload in pending:
             await self.submit(upload.id)
 
     async def _run(self, upload_id: str) -> None:
-        async with self.db.session() as session:
-            upload = await repository.get(session, upload_id)
-            if upload is None or upload.state not in (UploadState.RECEIVED, UploadState.PROCESSING):
-                return
-            if upload.state == UploadState.RECEIVED and not await repository.set_fields_if_state(
-                session, upload, UploadState.RECEIVED, state=UploadState.PROCESSING
-            ):
-                return
+        claim = await self.db.run(lambda s: self._claim(s, upload_id))
+        if claim is None:
+            return
+        upload, state = claim
+        if state == UploadState.READY:
+            log.info("processing.ready", upload_id=upload_id, sha256=upload.sha256)
+            return
         log.info("processing.started", upload_id=upload_id)
         try:
             stored = await self.store.find(upload.storage_key)
@@ -48,21 +50,34 @@ class EmbeddedProcessor:
         except Exception as exc:
             log.exception("processing.step_failed", upload_id=upload_id, step="sha256")
             # Only while still processing: a terminated upload stays terminated.
-            async with self.db.session() as session:
-                await repository.set_fields_if_state(
-                    session,
-                    upload,
-                    UploadState.PROCESSING,
-                    state=UploadState.FAILED,
-                    failure_reason=f"sha256: {exc}",
+            reason = f"sha256: {exc}"
+            await self.db.run(
+                lambda s: repository.set_fields_if_state(
+                    s, upload, UploadState.PROCESSING, state=UploadState.FAILED, failure_reason=reason
                 )
-            return
-        async with self.db.session() as session:
-            done = await repository.set_fields_if_state(
-                session, upload, UploadState.PROCESSING, state=UploadState.READY, sha256=digest
             )
+            return
+        done = await self.db.run(
+            lambda s: repository.set_fields_if_state(
+                s, upload, UploadState.PROCESSING, state=UploadState.READY, sha256=digest
+            )
+        )
         if done:
             log.info("processing.ready", upload_id=upload_id, sha256=digest)
+
+    @staticmethod
+    def _claim(session: Session, upload_id: str) -> tuple[Upload, UploadState] | None:
+        """Take a received upload into processing; ``None`` when there is nothing to do."""
+        upload = repository.get(session, upload_id)
+        if upload is None or upload.state not in (UploadState.RECEIVED, UploadState.PROCESSING):
+            return None
+        # A checksum computed while the bytes arrived leaves nothing to do.
+        target = UploadState.READY if upload.sha256 is not None else UploadState.PROCESSING
+        if upload.state == UploadState.RECEIVED and not repository.set_fields_if_state(
+            session, upload, UploadState.RECEIVED, state=target
+        ):
+            return None
+        return upload, target
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -8,6 +8,7 @@ from an async stream, reads a byte range and finishes. Optional capabilities
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -21,6 +22,26 @@ class WriteProgress:
     """Bytes of the current write that are durable; read it even if the write failed."""
 
     written: int = 0
+
+
+class RunningDigest:
+    """SHA-256 of an upload's bytes from offset 0, fed by the backend as it writes them.
+
+    Backends call ``update`` from whichever thread writes, in byte order; ``covered``
+    says how many bytes the digest has seen, so a caller can tell whether it is whole.
+    """
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.covered = 0
+
+    def update(self, buffers: list[bytes]) -> None:
+        for buffer in buffers:
+            self._hash.update(buffer)
+            self.covered += len(buffer)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 class StorageFull(Exception):
@@ -41,8 +62,12 @@ class StoredUpload(Protocol):
         body: AsyncIterator[bytes],
         progress: WriteProgress,
         checkpoint: Checkpoint | None = None,
+        digest: RunningDigest | None = None,
     ) -> int:
-        """Write ``body`` from ``offset``, dropping anything stored beyond it; return bytes written."""
+        """Write ``body`` from ``offset``, dropping anything stored beyond it; return bytes written.
+
+        ``digest``, when given, is fed every byte written, in order.
+        """
         ...
 
     def reader(self, start: int, end: int) -> AsyncIterator[bytes]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from uploader.storage.base import (
     Checkpoint,
+    RunningDigest,
     StorageFull,
     StorageUnavailable,
     StoredUpload,
@@ -19,7 +20,7 @@ from uploader.storage.base import (
 )
 
 _KEY = re.compile(r"^[0-9a-f]{32}$")
-WRITE_BATCH = 1024 * 1024
+WRITE_BATCH = 2 * 1024 * 1024
 READ_BLOCK = 1024 * 1024
 _MAX_IOV = 512
 
@@ -36,43 +37,65 @@ class LocalUpload:
         body: AsyncIterator[bytes],
         progress: WriteProgress,
         checkpoint: Checkpoint | None = None,
+        digest: RunningDigest | None = None,
     ) -> int:
         try:
             fd = os.open(self.path, os.O_WRONLY)
         except FileNotFoundError as exc:
             raise StorageUnavailable(f"stored file for {self.key} is missing") from exc
+        loop = asyncio.get_running_loop()
+        in_flight: asyncio.Future[None] | None = None
+        in_flight_size = 0
+
+        async def settle() -> None:
+            # Count a batch only once the kernel has it.
+            nonlocal in_flight, in_flight_size
+            if in_flight is not None:
+                await asyncio.shield(in_flight)
+                in_flight = None
+                progress.written += in_flight_size
+
         try:
             # Bytes past the recorded offset were never acknowledged (a crash mid-write).
             os.ftruncate(fd, offset)
             os.lseek(fd, offset, os.SEEK_SET)
             pending: list[bytes] = []
             pending_size = 0
-            unrecorded = 0
+            recorded = offset
             try:
                 async for chunk in body:
                     pending.append(chunk)
                     pending_size += len(chunk)
                     if pending_size < WRITE_BATCH and len(pending) < _MAX_IOV:
                         continue
-                    # Page-cache writes of ~1 MiB are short enough to keep on the loop.
-                    _write_all(fd, pending, pending_size)
-                    progress.written += pending_size
-                    unrecorded += pending_size
+                    await settle()
+                    # One batch is written by a thread while the next one arrives.
+                    in_flight = loop.run_in_executor(None, _write_all, fd, pending, pending_size, digest)
+                    in_flight_size = pending_size
                     pending, pending_size = [], 0
-                    if checkpoint is not None and unrecorded >= self.checkpoint_bytes:
-                        unrecorded = 0
-                        await checkpoint(offset + progress.written)
+                    durable = offset + progress.written
+                    if checkpoint is not None and durable - recorded >= self.checkpoint_bytes:
+                        recorded = durable
+                        await checkpoint(durable)
             finally:
+                await settle()
                 if pending:
-                    _write_all(fd, pending, pending_size)
+                    _write_all(fd, pending, pending_size, digest)
                     progress.written += pending_size
         finally:
-            os.close(fd)
+            if in_flight is not None and not in_flight.done():
+                # Cancelled while a thread still writes: close the file after it.
+                in_flight.add_done_callback(lambda _: os.close(fd))
+            else:
+                os.close(fd)
         return progress.written
 
     async def reader(self, start: int, end: int) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
-        fd = await loop.run_in_executor(None, os.open, self.path, os.O_RDONLY)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise StorageUnavailable(f"stored file for {self.key} is missing") from exc
         try:
             position = start
             while position < end:
@@ -112,7 +135,9 @@ class LocalUpload:
         return None
 
 
-def _write_all(fd: int, buffers: list[bytes], total: int) -> None:
+def _write_all(fd: int, buffers: list[bytes], total: int, digest: RunningDigest | None) -> None:
+    if digest is not None:
+        digest.update(buffers)  # hashlib releases the GIL: this runs beside the event loop
     try:
         written = os.writev(fd, buffers)
         if written < total:
@@ -158,13 +183,13 @@ class LocalStore:
 
     async def create(self, key: str, length: int | None) -> LocalUpload:
         path = self._path(key)
-
-        def make() -> None:
-            path.parent.mkdir(exist_ok=True)
-            path.touch(exist_ok=False)
-
         try:
-            await asyncio.to_thread(make)
+            # Creating an empty file is quick enough for the loop, and this runs per upload.
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
+            except FileNotFoundError:
+                path.parent.mkdir(exist_ok=True)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull(str(exc)) from exc

@@ -1,47 +1,48 @@
-"""All SQL about uploads."""
+"""All SQL about uploads: plain functions over a session, run by ``Database.run``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, select, update
+from sqlalchemy.orm import Session
 
 from uploader.db.models import ConcatRole, Upload, UploadState, utcnow
 
+# Core statements for updates: cheaper than the ORM's bulk-update bookkeeping.
+_uploads = cast(Table, Upload.__table__)
 
-async def insert(session: AsyncSession, upload: Upload) -> Upload:
+
+def insert(session: Session, upload: Upload) -> Upload:
     session.add(upload)
-    await session.flush()
+    session.flush()
     return upload
 
 
-async def get(session: AsyncSession, upload_id: str) -> Upload | None:
-    result = await session.execute(select(Upload).where(Upload.id == upload_id))
+def get(session: Session, upload_id: str) -> Upload | None:
+    result = session.execute(select(Upload).where(Upload.id == upload_id))
     return result.scalar_one_or_none()
 
 
-async def get_many(session: AsyncSession, upload_ids: Sequence[str]) -> list[Upload]:
-    result = await session.execute(select(Upload).where(Upload.id.in_(list(upload_ids))))
+def get_many(session: Session, upload_ids: Sequence[str]) -> list[Upload]:
+    result = session.execute(select(Upload).where(Upload.id.in_(list(upload_ids))))
     return list(result.scalars())
 
 
-async def set_fields(session: AsyncSession, upload: Upload, **fields: Any) -> None:
+def set_fields(session: Session, upload: Upload, **fields: Any) -> None:
     """Update columns of an upload row and mirror them on the (detached) object."""
     fields.setdefault("updated_at", utcnow())
-    await session.execute(update(Upload).where(Upload.id == upload.id).values(**fields))
+    session.execute(update(_uploads).where(_uploads.c.id == upload.id).values(**fields))
     for name, value in fields.items():
         setattr(upload, name, value)
 
 
-async def set_fields_if_state(
-    session: AsyncSession, upload: Upload, expected_state: str, **fields: Any
-) -> bool:
+def set_fields_if_state(session: Session, upload: Upload, expected_state: str, **fields: Any) -> bool:
     """Like ``set_fields``, only while the row is still in ``expected_state``."""
     fields.setdefault("updated_at", utcnow())
-    result = await session.execute(
+    result = session.execute(
         update(Upload).where(Upload.id == upload.id, Upload.state == expected_state).values(**fields)
     )
     if not result.rowcount:  # type: ignore[attr-defined]
@@ -51,9 +52,7 @@ async def set_fields_if_state(
     return True
 
 
-async def page_for_owner(
-    session: AsyncSession, owner: str, before_seq: int | None, limit: int
-) -> list[Upload]:
+def page_for_owner(session: Session, owner: str, before_seq: int | None, limit: int) -> list[Upload]:
     query = (
         select(Upload)
         .where(Upload.owner == owner, Upload.concat_role != ConcatRole.PARTIAL)
@@ -62,12 +61,12 @@ async def page_for_owner(
     )
     if before_seq is not None:
         query = query.where(Upload.seq < before_seq)
-    result = await session.execute(query)
+    result = session.execute(query)
     return list(result.scalars())
 
 
-async def unfinished_finals(session: AsyncSession, owner: str) -> list[Upload]:
-    result = await session.execute(
+def unfinished_finals(session: Session, owner: str) -> list[Upload]:
+    result = session.execute(
         select(Upload).where(
             Upload.owner == owner,
             Upload.concat_role == ConcatRole.FINAL,
@@ -77,8 +76,8 @@ async def unfinished_finals(session: AsyncSession, owner: str) -> list[Upload]:
     return list(result.scalars())
 
 
-async def due_for_expiry(session: AsyncSession, now: datetime, limit: int) -> list[Upload]:
-    result = await session.execute(
+def due_for_expiry(session: Session, now: datetime, limit: int) -> list[Upload]:
+    result = session.execute(
         select(Upload)
         .where(
             Upload.expires_at.is_not(None),
@@ -91,8 +90,8 @@ async def due_for_expiry(session: AsyncSession, now: datetime, limit: int) -> li
     return list(result.scalars())
 
 
-async def in_states(session: AsyncSession, states: Sequence[str]) -> list[Upload]:
-    result = await session.execute(
+def in_states(session: Session, states: Sequence[str]) -> list[Upload]:
+    result = session.execute(
         select(Upload)
         .where(Upload.state.in_(list(states)), Upload.concat_role != ConcatRole.PARTIAL)
         .order_by(Upload.seq)

@@ -8,9 +8,11 @@ in storage, and advances during a long write too (checkpoints).
 from __future__ import annotations
 
 import secrets
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from uploader.db.engine import Database
@@ -21,6 +23,7 @@ from uploader.settings import Settings
 from uploader.storage.base import (
     ConcatenatableUpload,
     LengthDeclarableUpload,
+    RunningDigest,
     StorageFull,
     StorageUnavailable,
     StoredUpload,
@@ -36,6 +39,7 @@ from uploader.uploads.metadata import declared_type_of, filename_of
 log = get_logger(__name__)
 
 OnComplete = Callable[[str], Awaitable[None]]
+MAX_RUNNING_DIGESTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -63,13 +67,26 @@ class UploadService:
         self.store = store
         self.locker = locker
         self.on_complete = on_complete
+        # SHA-256 of uploads being written in order on this process, keyed by upload id:
+        # the common case gets its checksum without reading the file again.
+        self._digests: OrderedDict[str, RunningDigest] = OrderedDict()
+
+    def _digest_at(self, upload_id: str, offset: int) -> RunningDigest | None:
+        digest = self._digests.pop(upload_id, None)
+        if offset == 0:
+            return RunningDigest()
+        return digest if digest is not None and digest.covered == offset else None
+
+    def _keep_digest(self, upload_id: str, digest: RunningDigest) -> None:
+        self._digests[upload_id] = digest
+        while len(self._digests) > MAX_RUNNING_DIGESTS:
+            self._digests.popitem(last=False)
 
     # -- reading ---------------------------------------------------------------
 
     async def get(self, owner: str, upload_id: str, *, allow_gone: bool = False) -> Upload:
         """The caller's upload; another principal's upload is indistinguishable from none."""
-        async with self.db.session() as session:
-            upload = await repository.get(session, upload_id)
+        upload = await self.db.run(lambda s: repository.get(s, upload_id))
         if upload is None or upload.owner != owner:
             raise ProblemError("upload.not_found")
         if not allow_gone:
@@ -92,8 +109,7 @@ class UploadService:
         return upload.expires_at is not None and upload.expires_at <= utcnow()
 
     async def list_page(self, owner: str, before_seq: int | None, limit: int) -> list[Upload]:
-        async with self.db.session() as session:
-            return await repository.page_for_owner(session, owner, before_seq, limit)
+        return await self.db.run(lambda s: repository.page_for_owner(s, owner, before_seq, limit))
 
     def _expiry_from_now(self) -> datetime:
         return utcnow() + timedelta(seconds=self.settings.upload_ttl_seconds)
@@ -126,19 +142,16 @@ class UploadService:
             expires_at=self._expiry_from_now(),
         )
         await self._storage(self.store.create(upload.storage_key, length))
-        async with self.db.session() as session:
-            await repository.insert(session, upload)
+        await self.db.run(lambda s: repository.insert(s, upload))
         log.info("upload.created", upload_id=upload_id, length=length, concat=concat_role)
         if length == 0:
-            async with self.db.session() as session:
-                await self._complete(session, upload, await self.store.find(upload.storage_key))
+            await self._complete(upload, await self.store.find(upload.storage_key))
             await self._after_complete(upload)
         return upload
 
     async def create_final(self, owner: str, part_ids: list[str], meta: dict[str, str | None]) -> Upload:
         """Concatenation: a final upload made of the caller's partial uploads, in order."""
-        async with self.db.session() as session:
-            found = {u.id: u for u in await repository.get_many(session, part_ids)}
+        found = {u.id: u for u in await self.db.run(lambda s: repository.get_many(s, part_ids))}
         parts: list[Upload] = []
         for part_id in part_ids:
             part = found.get(part_id)
@@ -157,14 +170,12 @@ class UploadService:
     async def _try_finish_final(self, final: Upload) -> None:
         """Concatenate once every part is complete (concatenation-unfinished waits)."""
         async with self.locker.hold(final.id):
-            async with self.db.session() as session:
-                current = await repository.get(session, final.id)
-                if current is None or current.state != UploadState.CREATED:
-                    return
-                parts_by_id = {
-                    u.id: u for u in await repository.get_many(session, current.concat_parts or [])
-                }
-            parts = [parts_by_id.get(pid) for pid in current.concat_parts or []]
+            current = await self.db.run(lambda s: repository.get(s, final.id))
+            if current is None or current.state != UploadState.CREATED:
+                return
+            part_ids = current.concat_parts or []
+            parts_by_id = {u.id: u for u in await self.db.run(lambda s: repository.get_many(s, part_ids))}
+            parts = [parts_by_id.get(pid) for pid in part_ids]
             if any(p is None or p.is_gone for p in parts):
                 await self._fail_final(current, "a partial upload was removed before concatenation")
                 return
@@ -177,16 +188,15 @@ class UploadService:
                 raise ProblemError("tus.concat_invalid", "storage cannot concatenate")
             sources = [await self.store.find(p.storage_key) for p in ready]
             await self._storage(target.concatenate(sources, lengths))
-            async with self.db.session() as session:
-                await repository.set_fields(session, current, length=sum(lengths), offset=sum(lengths))
-                await self._complete(session, current, target)
+            await self._complete(current, target, length=sum(lengths), offset=sum(lengths))
         await self._after_complete(current)
 
     async def _fail_final(self, final: Upload, reason: str) -> None:
-        async with self.db.session() as session:
-            await repository.set_fields(
-                session, final, state=UploadState.FAILED, failure_reason=reason, expires_at=None
+        await self.db.run(
+            lambda s: repository.set_fields(
+                s, final, state=UploadState.FAILED, failure_reason=reason, expires_at=None
             )
+        )
 
     # -- writing ---------------------------------------------------------------
 
@@ -229,16 +239,16 @@ class UploadService:
     async def _write(self, upload: Upload, offset: int, body: RequestBody, checksum: Checksum | None) -> None:
         stored = await self.store.find(upload.storage_key)
         progress = WriteProgress()
+        digest = self._digest_at(upload.id, offset)
 
         async def checkpoint(durable_offset: int) -> None:
-            async with self.db.session() as session:
-                await repository.set_fields(
-                    session, upload, offset=durable_offset, state=UploadState.RECEIVING
-                )
+            await self.db.run(
+                lambda s: repository.set_fields(s, upload, offset=durable_offset, state=UploadState.RECEIVING)
+            )
 
         # With a checksum nothing of the request may count until it is verified.
         try:
-            await stored.write_chunk(offset, body, progress, None if checksum else checkpoint)
+            await stored.write_chunk(offset, body, progress, None if checksum else checkpoint, digest)
         except BodyTooLong:
             await self._rollback(upload, stored, offset)
             raise ProblemError(
@@ -247,8 +257,8 @@ class UploadService:
         except BaseException:
             # Keep what is durable (a client that vanished resumes from here), then fail.
             if checksum is None and progress.written:
-                async with self.db.session() as session:
-                    await repository.set_fields(session, upload, offset=offset + progress.written)
+                durable = offset + progress.written
+                await self.db.run(lambda s: repository.set_fields(s, upload, offset=durable))
             raise
         if checksum is not None and (
             body.interrupted or body.disconnected or checksum.hasher.digest() != checksum.expected
@@ -258,25 +268,23 @@ class UploadService:
                 return
             raise ProblemError("tus.checksum_mismatch", f"the body's {checksum.algorithm} does not match")
         new_offset = offset + progress.written
-        async with self.db.session() as session:
-            if upload.length is not None and new_offset == upload.length:
-                await repository.set_fields(session, upload, offset=new_offset)
-                await self._complete(session, upload, stored)
-            else:
-                await repository.set_fields(
-                    session,
-                    upload,
-                    offset=new_offset,
-                    state=UploadState.RECEIVING if new_offset else upload.state,
-                    expires_at=self._expiry_from_now(),
-                )
+        if digest is not None and digest.covered == new_offset:
+            self._keep_digest(upload.id, digest)
+        if upload.length is not None and new_offset == upload.length:
+            await self._complete(upload, stored, offset=new_offset)
+        else:
+            fields = {
+                "offset": new_offset,
+                "state": UploadState.RECEIVING if new_offset else upload.state,
+                "expires_at": self._expiry_from_now(),
+            }
+            await self.db.run(lambda s: repository.set_fields(s, upload, **fields))
         log.debug("upload.chunk_written", upload_id=upload.id, offset=new_offset, bytes=progress.written)
 
     async def _rollback(self, upload: Upload, stored: StoredUpload, offset: int) -> None:
         await stored.discard_from(offset)
         if upload.offset != offset:
-            async with self.db.session() as session:
-                await repository.set_fields(session, upload, offset=offset)
+            await self.db.run(lambda s: repository.set_fields(s, upload, offset=offset))
 
     async def _declare_length(self, upload: Upload, length: int) -> None:
         if upload.length is not None:
@@ -290,30 +298,30 @@ class UploadService:
         stored = await self.store.find(upload.storage_key)
         if isinstance(stored, LengthDeclarableUpload):
             await stored.declare_length(length)
-        async with self.db.session() as session:
-            await repository.set_fields(session, upload, length=length)
-            if length == upload.offset:
-                await self._complete(session, upload, stored)
+        if length == upload.offset:
+            await self._complete(upload, stored, length=length)
+        else:
+            await self.db.run(lambda s: repository.set_fields(s, upload, length=length))
 
-    async def _complete(self, session: Any, upload: Upload, stored: StoredUpload) -> None:
-        assert upload.length is not None
-        await self._storage(stored.finish(upload.length))
+    async def _complete(self, upload: Upload, stored: StoredUpload, **fields: Any) -> None:
+        """Finish the stored object, then record the upload as received (with ``fields``)."""
+        length = fields.get("length", upload.length)
+        assert length is not None
+        await self._storage(stored.finish(length))
         # Partial uploads exist to be concatenated: they expire like unfinished ones.
         expires = self._expiry_from_now() if upload.concat_role == ConcatRole.PARTIAL else None
-        await repository.set_fields(
-            session,
-            upload,
-            state=UploadState.RECEIVED,
-            completed_at=utcnow(),
-            expires_at=expires,
-        )
-        log.info("upload.received", upload_id=upload.id, length=upload.length)
+        digest = self._digests.pop(upload.id, None)
+        sha256 = digest.hexdigest() if digest is not None and digest.covered == length else None
+        if length == 0:
+            sha256 = RunningDigest().hexdigest()
+        fields.update(state=UploadState.RECEIVED, completed_at=utcnow(), expires_at=expires, sha256=sha256)
+        await self.db.run(lambda s: repository.set_fields(s, upload, **fields))
+        log.info("upload.received", upload_id=upload.id, length=length)
 
     async def _after_complete(self, upload: Upload) -> None:
         """Runs after the completing transaction committed."""
         if upload.concat_role == ConcatRole.PARTIAL:
-            async with self.db.session() as session:
-                finals = await repository.unfinished_finals(session, upload.owner)
+            finals = await self.db.run(lambda s: repository.unfinished_finals(s, upload.owner))
             for final in finals:
                 if upload.id in (final.concat_parts or []):
                     await self._try_finish_final(final)
@@ -334,20 +342,17 @@ class UploadService:
         stored = await self.store.find(upload.storage_key)
         if isinstance(stored, TerminatableUpload):
             await self._storage(stored.terminate())
-        async with self.db.session() as session:
-            await repository.set_fields(session, upload, state=state, expires_at=None)
+        await self.db.run(lambda s: repository.set_fields(s, upload, state=state, expires_at=None))
         log.info(f"upload.{state.value}", upload_id=upload.id)
 
     async def expire_due(self, batch: int = 100) -> int:
         """Remove uploads whose expiry passed; returns how many were removed."""
-        async with self.db.session() as session:
-            due = await repository.due_for_expiry(session, utcnow(), batch)
+        due = await self.db.run(lambda s: repository.due_for_expiry(s, utcnow(), batch))
         removed = 0
         for candidate in due:
             try:
                 async with self._locked(candidate.id):
-                    async with self.db.session() as session:
-                        upload = await repository.get(session, candidate.id)
+                    upload = await self.db.run(partial(repository.get, upload_id=candidate.id))
                     if upload is None or upload.is_gone or not self._is_past_expiry(upload):
                         continue
                     await self._remove(upload, UploadState.EXPIRED)

@@ -1,8 +1,8 @@
 """The database: one unit-of-work entry point for every caller.
 
-``Database.run(work)`` runs ``work(session)`` in one transaction, committed when it
-returns and rolled back when it raises. On PostgreSQL the session drives asyncpg from
-the event loop (``AsyncSession.run_sync``). On SQLite a whole transaction runs in one
+``Database.run(work)`` runs ``work(connection)`` in one transaction, committed when it
+returns and rolled back when it raises. On PostgreSQL the connection drives asyncpg
+from the event loop (``AsyncConnection.run_sync``). On SQLite a whole transaction runs in one
 hop to a dedicated thread with the standard library driver: SQLite has one writer
 anyway, and a per-statement round trip to a driver thread costs more than the work.
 """
@@ -14,12 +14,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 T = TypeVar("T")
-Work = Callable[[Session], T]
+Work = Callable[[Connection], T]
 
 
 def sync_sqlite_url(url: str) -> str:
@@ -50,29 +49,23 @@ class Database:
                 connect_args={"check_same_thread": False},
             )
             event.listen(self._sqlite, "connect", _sqlite_pragmas)
-            self._sqlite_sessions = sessionmaker(self._sqlite, expire_on_commit=False)
             self._sqlite_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
         else:
             self._async = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
-            self._async_sessions = async_sessionmaker(self._async, expire_on_commit=False)
 
     def _run_sqlite(self, work: Work[T]) -> T:
-        with self._sqlite_sessions() as session, session.begin():
-            return work(session)
+        assert self._sqlite is not None
+        with self._sqlite.begin() as connection:
+            return work(connection)
 
     async def run(self, work: Work[T]) -> T:
-        """Run ``work(session)`` as one transaction and return its result."""
+        """Run ``work(connection)`` as one transaction and return its result."""
         if self._sqlite is not None:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._sqlite_thread, self._run_sqlite, work)
-        async with self._async_sessions() as session:
-            try:
-                result = await session.run_sync(work)
-                await session.commit()
-            except BaseException:
-                await session.rollback()
-                raise
-            return result
+        assert self._async is not None
+        async with self._async.begin() as connection:
+            return await connection.run_sync(work)
 
     async def dispose(self) -> None:
         if self._sqlite is not None:

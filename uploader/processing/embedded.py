@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from uploader.db.engine import Database
 from uploader.db.models import Upload, UploadState
@@ -66,15 +66,15 @@ class EmbeddedProcessor:
             log.info("processing.ready", upload_id=upload_id, sha256=digest)
 
     @staticmethod
-    def _claim(session: Session, upload_id: str) -> tuple[Upload, UploadState] | None:
+    def _claim(connection: Connection, upload_id: str) -> tuple[Upload, UploadState] | None:
         """Take a received upload into processing; ``None`` when there is nothing to do."""
-        upload = repository.get(session, upload_id)
+        upload = repository.get(connection, upload_id)
         if upload is None or upload.state not in (UploadState.RECEIVED, UploadState.PROCESSING):
             return None
         # A checksum computed while the bytes arrived leaves nothing to do.
         target = UploadState.READY if upload.sha256 is not None else UploadState.PROCESSING
         if upload.state == UploadState.RECEIVED and not repository.set_fields_if_state(
-            session, upload, UploadState.RECEIVED, state=target
+            connection, upload, UploadState.RECEIVED, state=target
         ):
             return None
         return upload, target

@@ -1,4 +1,8 @@
-"""All SQL about uploads: plain functions over a session, run by ``Database.run``."""
+"""All SQL about uploads: plain functions over a connection, run by ``Database.run``.
+
+Core statements throughout: on the hot path (a few statements per upload) the ORM's
+unit of work and loading machinery cost more than the SQL itself.
+"""
 
 from __future__ import annotations
 
@@ -6,94 +10,105 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Row, Select, Table, select, update
+from sqlalchemy import insert as sql_insert
 
 from uploader.db.models import ConcatRole, Upload, UploadState, utcnow
 
-# Core statements for updates: cheaper than the ORM's bulk-update bookkeeping.
 _uploads = cast(Table, Upload.__table__)
+_c = _uploads.c
 
 
-def insert(session: Session, upload: Upload) -> Upload:
-    session.add(upload)
-    session.flush()
+def _upload_of(row: Row[Any]) -> Upload:
+    return Upload(**row._mapping)
+
+
+def _uploads_of(connection: Connection, query: Select[Any]) -> list[Upload]:
+    return [_upload_of(row) for row in connection.execute(query)]
+
+
+def insert(connection: Connection, upload: Upload) -> Upload:
+    values = {
+        column.name: getattr(upload, column.name) for column in _uploads.columns if column.name != "seq"
+    }
+    result = connection.execute(sql_insert(_uploads).values(**values))
+    primary_key = result.inserted_primary_key
+    assert primary_key is not None
+    upload.seq = primary_key[0]
     return upload
 
 
-def get(session: Session, upload_id: str) -> Upload | None:
-    result = session.execute(select(Upload).where(Upload.id == upload_id))
-    return result.scalar_one_or_none()
+def get(connection: Connection, upload_id: str) -> Upload | None:
+    row = connection.execute(select(_uploads).where(_c.id == upload_id)).first()
+    return _upload_of(row) if row is not None else None
 
 
-def get_many(session: Session, upload_ids: Sequence[str]) -> list[Upload]:
-    result = session.execute(select(Upload).where(Upload.id.in_(list(upload_ids))))
-    return list(result.scalars())
+def get_many(connection: Connection, upload_ids: Sequence[str]) -> list[Upload]:
+    return _uploads_of(connection, select(_uploads).where(_c.id.in_(list(upload_ids))))
 
 
-def set_fields(session: Session, upload: Upload, **fields: Any) -> None:
+def set_fields(connection: Connection, upload: Upload, **fields: Any) -> None:
     """Update columns of an upload row and mirror them on the (detached) object."""
     fields.setdefault("updated_at", utcnow())
-    session.execute(update(_uploads).where(_uploads.c.id == upload.id).values(**fields))
+    connection.execute(update(_uploads).where(_c.id == upload.id).values(**fields))
     for name, value in fields.items():
         setattr(upload, name, value)
 
 
-def set_fields_if_state(session: Session, upload: Upload, expected_state: str, **fields: Any) -> bool:
+def set_fields_if_state(connection: Connection, upload: Upload, expected_state: str, **fields: Any) -> bool:
     """Like ``set_fields``, only while the row is still in ``expected_state``."""
     fields.setdefault("updated_at", utcnow())
-    result = session.execute(
-        update(Upload).where(Upload.id == upload.id, Upload.state == expected_state).values(**fields)
+    result = connection.execute(
+        update(_uploads).where(_c.id == upload.id, _c.state == expected_state).values(**fields)
     )
-    if not result.rowcount:  # type: ignore[attr-defined]
+    if not result.rowcount:
         return False
     for name, value in fields.items():
         setattr(upload, name, value)
     return True
 
 
-def page_for_owner(session: Session, owner: str, before_seq: int | None, limit: int) -> list[Upload]:
+def page_for_owner(connection: Connection, owner: str, before_seq: int | None, limit: int) -> list[Upload]:
     query = (
-        select(Upload)
-        .where(Upload.owner == owner, Upload.concat_role != ConcatRole.PARTIAL)
-        .order_by(Upload.seq.desc())
+        select(_uploads)
+        .where(_c.owner == owner, _c.concat_role != ConcatRole.PARTIAL)
+        .order_by(_c.seq.desc())
         .limit(limit)
     )
     if before_seq is not None:
-        query = query.where(Upload.seq < before_seq)
-    result = session.execute(query)
-    return list(result.scalars())
+        query = query.where(_c.seq < before_seq)
+    return _uploads_of(connection, query)
 
 
-def unfinished_finals(session: Session, owner: str) -> list[Upload]:
-    result = session.execute(
-        select(Upload).where(
-            Upload.owner == owner,
-            Upload.concat_role == ConcatRole.FINAL,
-            Upload.state == UploadState.CREATED,
-        )
+def unfinished_finals(connection: Connection, owner: str) -> list[Upload]:
+    return _uploads_of(
+        connection,
+        select(_uploads).where(
+            _c.owner == owner,
+            _c.concat_role == ConcatRole.FINAL,
+            _c.state == UploadState.CREATED,
+        ),
     )
-    return list(result.scalars())
 
 
-def due_for_expiry(session: Session, now: datetime, limit: int) -> list[Upload]:
-    result = session.execute(
-        select(Upload)
+def due_for_expiry(connection: Connection, now: datetime, limit: int) -> list[Upload]:
+    return _uploads_of(
+        connection,
+        select(_uploads)
         .where(
-            Upload.expires_at.is_not(None),
-            Upload.expires_at < now,
-            Upload.state.not_in([UploadState.EXPIRED, UploadState.TERMINATED]),
+            _c.expires_at.is_not(None),
+            _c.expires_at < now,
+            _c.state.not_in([UploadState.EXPIRED, UploadState.TERMINATED]),
         )
-        .order_by(Upload.expires_at)
-        .limit(limit)
+        .order_by(_c.expires_at)
+        .limit(limit),
     )
-    return list(result.scalars())
 
 
-def in_states(session: Session, states: Sequence[str]) -> list[Upload]:
-    result = session.execute(
-        select(Upload)
-        .where(Upload.state.in_(list(states)), Upload.concat_role != ConcatRole.PARTIAL)
-        .order_by(Upload.seq)
+def in_states(connection: Connection, states: Sequence[str]) -> list[Upload]:
+    return _uploads_of(
+        connection,
+        select(_uploads)
+        .where(_c.state.in_(list(states)), _c.concat_role != ConcatRole.PARTIAL)
+        .order_by(_c.seq),
     )
-    return list(result.scalars())

@@ -127,6 +127,7 @@ class UploadService:
         if length is not None and length > self.settings.max_upload_size:
             raise ProblemError("upload.too_large", f"Upload-Length exceeds {self.settings.max_upload_size}")
         upload_id = new_upload_id()
+        now = utcnow()
         upload = Upload(
             id=upload_id,
             owner=owner,
@@ -139,7 +140,12 @@ class UploadService:
             declared_type=declared_type_of(meta),
             concat_role=concat_role,
             concat_parts=concat_parts,
+            sha256=None,
+            failure_reason=None,
+            created_at=now,
+            updated_at=now,
             expires_at=self._expiry_from_now(),
+            completed_at=None,
         )
         await self._storage(self.store.create(upload.storage_key, length))
         await self.db.run(lambda s: repository.insert(s, upload))

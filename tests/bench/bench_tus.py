@@ -361,8 +361,7 @@ class Peers:
         if busy:
             # Reuse peers someone else started, if their pid files say so; never stop them.
             if all(
-                port_open(PEERS[n].port) and (pid := self._read_pid(n)) and pid_alive(pid)
-                for n in self.names
+                port_open(PEERS[n].port) and (pid := self._read_pid(n)) and pid_alive(pid) for n in self.names
             ):
                 log(f"peers already running (ports {busy}); reusing them, will not stop them")
             else:
@@ -389,9 +388,7 @@ class Peers:
             wait_until(functools.partial(port_open, spec.port), 60, f"peer {name}")
             pid = self._server_pid(name, spec)
             prune = self.peers_dir / spec.data_subdir if spec.data_subdir else None
-            self.servers[name] = Server(
-                name, spec.label, f"http://{HOST}:{spec.port}/files/", pid, prune
-            )
+            self.servers[name] = Server(name, spec.label, f"http://{HOST}:{spec.port}/files/", pid, prune)
             log(f"peer {name}: pid {pid} ({exe_name(pid)}), {self.servers[name].endpoint}")
 
     def _server_pid(self, name: str, spec: PeerSpec) -> int:
@@ -476,9 +473,7 @@ def tus_delete(location: str) -> bool:
         return False
 
 
-def bench_file(
-    server: Server, bench_dir: Path, path: Path, chunk_mib: int, timeout: float
-) -> dict[str, Any]:
+def bench_file(server: Server, bench_dir: Path, path: Path, chunk_mib: int, timeout: float) -> dict[str, Any]:
     argv = [
         sys.executable,
         str(bench_dir / "tusbench.py"),
@@ -523,9 +518,7 @@ def bench_load(
         str(args.load_concurrency),
     ]
     kv = parse_kv(run_client(argv, args.client_timeout))
-    return {k: float(v) for k, v in kv.items()} | {
-        "peak_rss_mib": sum(tree_hwm(server.pid).values())
-    }
+    return {k: float(v) for k, v in kv.items()} | {"peak_rss_mib": sum(tree_hwm(server.pid).values())}
 
 
 def after_run(server: Server) -> None:
@@ -609,9 +602,7 @@ def measure_alternating(
         turn += 1
 
 
-def measure_rss_flatness(
-    args: argparse.Namespace, bench_dir: Path, work_dir: Path, res: Results
-) -> None:
+def measure_rss_flatness(args: argparse.Namespace, bench_dir: Path, work_dir: Path, res: Results) -> None:
     for size in args.rss_sizes_mib:
         path = ensure_random_file(size)
         with OurServer(args, work_dir, f"rss-{size}").running() as s:
@@ -687,9 +678,7 @@ def markdown(res: Results, args: argparse.Namespace) -> tuple[str, dict[str, Any
             "|---" * (len(headers) + 1) + "|",
         ]
         for key, row in rows.items():
-            lines.append(
-                f"| {res.labels[key]} | " + " | ".join(fmt(row[c]) for c, _ in COLUMNS) + " |"
-            )
+            lines.append(f"| {res.labels[key]} | " + " | ".join(fmt(row[c]) for c, _ in COLUMNS) + " |")
         size_out: dict[str, Any] = {"servers": rows, "ratios": {}}
         for base in (NODE_FILE, TUSPY):
             if OURS in rows and base in rows:
@@ -697,9 +686,7 @@ def markdown(res: Results, args: argparse.Namespace) -> tuple[str, dict[str, Any
                 size_out["ratios"][f"ours/{base}"] = rat
                 short = "@tus-file" if base == NODE_FILE else base
                 lines.append(
-                    f"| ours / {short} | "
-                    + " | ".join(fmt(rat[c], ratio=True) for c, _ in COLUMNS)
-                    + " |"
+                    f"| ours / {short} | " + " | ".join(fmt(rat[c], ratio=True) for c, _ in COLUMNS) + " |"
                 )
         out["sizes"][str(size)] = size_out
         lines.append("")
@@ -711,8 +698,7 @@ def markdown(res: Results, args: argparse.Namespace) -> tuple[str, dict[str, Any
             "|---|---|---|",
         ]
         lines += [
-            f"| {r['size_mib']} MiB | {r['peak_rss_mib']:.0f} | {r['mib_s']:.1f} |"
-            for r in res.rss_flatness
+            f"| {r['size_mib']} MiB | {r['peak_rss_mib']:.0f} | {r['mib_s']:.1f} |" for r in res.rss_flatness
         ]
         first, last = res.rss_flatness[0], res.rss_flatness[-1]
         growth = last["peak_rss_mib"] - first["peak_rss_mib"]
@@ -820,6 +806,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def git_state() -> str:
+    """Commit of the repo, with ``+dirty`` when the working tree differs (editable installs
+    run the working tree)."""
+
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -837,6 +835,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "loadavg_start": os.getloadavg(),
             "python": sys.version.split()[0],
             "server_cmd": args.server_cmd,
+            "git": git_state(),
             "sizes_mib": args.sizes_mib,
             "repeats": args.repeats,
             "load": {

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import Connection
-
 from uploader.db.engine import Database
 from uploader.db.models import Upload, UploadState
 from uploader.kit.logging import get_logger
@@ -22,8 +20,8 @@ class EmbeddedProcessor:
         self.store = store
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, upload_id: str) -> None:
-        task = asyncio.create_task(self._run(upload_id), name=f"process-{upload_id}")
+    async def submit(self, upload: Upload) -> None:
+        task = asyncio.create_task(self._run(upload), name=f"process-{upload.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -33,14 +31,17 @@ class EmbeddedProcessor:
             lambda s: repository.in_states(s, [UploadState.RECEIVED, UploadState.PROCESSING])
         )
         for upload in pending:
-            await self.submit(upload.id)
+            await self.submit(upload)
 
-    async def _run(self, upload_id: str) -> None:
-        claim = await self.db.run(lambda s: self._claim(s, upload_id))
-        if claim is None:
-            return
-        upload, state = claim
-        if state == UploadState.READY:
+    async def _run(self, upload: Upload) -> None:
+        upload_id = upload.id
+        # A checksum computed while the bytes arrived leaves nothing to do.
+        target = UploadState.READY if upload.sha256 is not None else UploadState.PROCESSING
+        if upload.state == UploadState.RECEIVED and not await self.db.run(
+            lambda s: repository.set_fields_if_state(s, upload, UploadState.RECEIVED, state=target)
+        ):
+            return  # terminated, or taken by another run
+        if target == UploadState.READY:
             log.info("processing.ready", upload_id=upload_id, sha256=upload.sha256)
             return
         log.info("processing.started", upload_id=upload_id)
@@ -64,20 +65,6 @@ class EmbeddedProcessor:
         )
         if done:
             log.info("processing.ready", upload_id=upload_id, sha256=digest)
-
-    @staticmethod
-    def _claim(connection: Connection, upload_id: str) -> tuple[Upload, UploadState] | None:
-        """Take a received upload into processing; ``None`` when there is nothing to do."""
-        upload = repository.get(connection, upload_id)
-        if upload is None or upload.state not in (UploadState.RECEIVED, UploadState.PROCESSING):
-            return None
-        # A checksum computed while the bytes arrived leaves nothing to do.
-        target = UploadState.READY if upload.sha256 is not None else UploadState.PROCESSING
-        if upload.state == UploadState.RECEIVED and not repository.set_fields_if_state(
-            connection, upload, UploadState.RECEIVED, state=target
-        ):
-            return None
-        return upload, target
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import re
@@ -39,10 +40,7 @@ class LocalUpload:
         checkpoint: Checkpoint | None = None,
         digest: RunningDigest | None = None,
     ) -> int:
-        try:
-            fd = os.open(self.path, os.O_WRONLY)
-        except FileNotFoundError as exc:
-            raise StorageUnavailable(f"stored file for {self.key} is missing") from exc
+        fd = self._open_for_write(offset)
         loop = asyncio.get_running_loop()
         in_flight: asyncio.Future[None] | None = None
         in_flight_size = 0
@@ -77,6 +75,11 @@ class LocalUpload:
                     if checkpoint is not None and durable - recorded >= self.checkpoint_bytes:
                         recorded = durable
                         await checkpoint(durable)
+                if pending:  # the rest, off the loop too (hashing it is not free)
+                    await settle()
+                    in_flight = loop.run_in_executor(None, _write_all, fd, pending, pending_size, digest)
+                    in_flight_size = pending_size
+                    pending, pending_size = [], 0
             finally:
                 await settle()
                 if pending:
@@ -90,7 +93,21 @@ class LocalUpload:
                 os.close(fd)
         return progress.written
 
+    def _open_for_write(self, offset: int) -> int:
+        """The upload's file; created by the first write (offset 0), so creation costs nothing."""
+        try:
+            return os.open(self.path, os.O_WRONLY | (os.O_CREAT if offset == 0 else 0), 0o640)
+        except FileNotFoundError as exc:
+            if offset:
+                raise StorageUnavailable(f"stored file for {self.key} is missing") from exc
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+        self.path.parent.mkdir(exist_ok=True)
+        return os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o640)
+
     async def reader(self, start: int, end: int) -> AsyncIterator[bytes]:
+        if start >= end:
+            return
         loop = asyncio.get_running_loop()
         try:
             fd = os.open(self.path, os.O_RDONLY)
@@ -109,12 +126,19 @@ class LocalUpload:
             os.close(fd)
 
     async def discard_from(self, offset: int) -> None:
-        await asyncio.to_thread(os.truncate, self.path, offset)
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(self.path, offset)
 
     async def finish(self, length: int) -> None:
-        size = (await asyncio.to_thread(os.stat, self.path)).st_size
-        if size != length:
-            await asyncio.to_thread(os.truncate, self.path, length)
+        # Metadata-only calls: quick enough for the loop.
+        if length == 0:
+            os.close(self._open_for_write(0))  # an empty upload still has its (empty) file
+            return
+        try:
+            if os.stat(self.path).st_size != length:
+                os.truncate(self.path, length)
+        except FileNotFoundError as exc:
+            raise StorageUnavailable(f"stored file for {self.key} is missing") from exc
 
     async def terminate(self) -> None:
         await asyncio.to_thread(self.path.unlink, True)
@@ -123,6 +147,7 @@ class LocalUpload:
         await asyncio.to_thread(self._concatenate, parts, lengths)
 
     def _concatenate(self, parts: list[StoredUpload], lengths: list[int]) -> None:
+        self.path.parent.mkdir(exist_ok=True)
         with open(self.path, "wb") as target:
             for part, length in zip(parts, lengths, strict=True):
                 assert isinstance(part, LocalUpload)
@@ -145,9 +170,13 @@ def _write_all(fd: int, buffers: list[bytes], total: int, digest: RunningDigest 
             while rest:
                 rest = rest[os.write(fd, rest) :]
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StorageFull(str(exc)) from exc
-        raise
+        raise _storage_error(exc) from exc
+
+
+def _storage_error(exc: OSError) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(str(exc))
+    return StorageUnavailable(str(exc))
 
 
 def _copy_range(source: int, target: int, length: int) -> int:
@@ -182,19 +211,8 @@ class LocalStore:
         return self.root / key[:2] / key
 
     async def create(self, key: str, length: int | None) -> LocalUpload:
-        path = self._path(key)
-        try:
-            # Creating an empty file is quick enough for the loop, and this runs per upload.
-            try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
-            except FileNotFoundError:
-                path.parent.mkdir(exist_ok=True)
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFull(str(exc)) from exc
-            raise StorageUnavailable(str(exc)) from exc
-        return LocalUpload(key, path, self.checkpoint_bytes)
+        # The file appears with the first write; an upload that never gets bytes costs nothing.
+        return LocalUpload(key, self._path(key), self.checkpoint_bytes)
 
     async def find(self, key: str) -> LocalUpload:
         return LocalUpload(key, self._path(key), self.checkpoint_bytes)

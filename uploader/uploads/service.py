@@ -38,7 +38,7 @@ from uploader.uploads.metadata import declared_type_of, filename_of
 
 log = get_logger(__name__)
 
-OnComplete = Callable[[str], Awaitable[None]]
+OnComplete = Callable[[Upload], Awaitable[None]]
 MAX_RUNNING_DIGESTS = 10_000
 
 
@@ -149,7 +149,7 @@ class UploadService:
         )
         await self._storage(self.store.create(upload.storage_key, length))
         await self.db.run(lambda s: repository.insert(s, upload))
-        log.info("upload.created", upload_id=upload_id, length=length, concat=concat_role)
+        log.debug("upload.created", upload_id=upload_id, length=length, concat=concat_role)
         if length == 0:
             await self._complete(upload, await self.store.find(upload.storage_key))
             await self._after_complete(upload)
@@ -333,7 +333,7 @@ class UploadService:
                     await self._try_finish_final(final)
             return
         if self.on_complete is not None:
-            await self.on_complete(upload.id)
+            await self.on_complete(upload)
 
     # -- removing --------------------------------------------------------------
 

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         default=None, description="Base URL for Location headers when behind a proxy."
     )
+    digest_while_receiving: bool = Field(
+        default=True,
+        description="Compute SHA-256 as bytes arrive (no second read); off moves that CPU to processing.",
+    )
     process_uploads: bool = Field(default=True, description="Run the processing pipeline on completion.")
 
     @field_validator("tus_path")

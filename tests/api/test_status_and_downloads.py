@@ -211,3 +211,22 @@ async def test_head_shows_offset_after_partial_patch(app_client: httpx.AsyncClie
     path = await create(app_client, 10)
     await patch(app_client, path, 0, b"123")
     assert (await head(app_client, path)).headers["Upload-Offset"] == "3"
+
+
+async def test_sha256_is_known_the_moment_the_last_chunk_lands(app_client: httpx.AsyncClient) -> None:
+    """Computed while the bytes arrive, across PATCHes, not by reading the file again."""
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    path = await create(app_client, len(data))
+    for start in range(0, len(data), 1024 * 1024):
+        await patch(app_client, path, start, data[start : start + 1024 * 1024])
+    # The completing transaction itself carries the digest.
+    upload = await app_client.app.state.uploads.get("anonymous", upload_id(path))  # type: ignore[attr-defined]
+    assert upload.sha256 == hashlib.sha256(data).hexdigest()
+
+
+async def test_without_inline_digest_processing_computes_sha256(settings: Settings) -> None:
+    data = os.urandom(100_000)
+    async with in_process_client(settings.model_copy(update={"digest_while_receiving": False})) as client:
+        path = await upload_bytes(client, data, chunk=30_000)
+        ready = await wait_for_state(client, upload_id(path), "ready")
+        assert ready["sha256"] == hashlib.sha256(data).hexdigest()

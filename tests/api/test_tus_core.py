@@ -143,3 +143,22 @@ async def test_termination_removes_the_upload_and_its_bytes(app_client: httpx.As
     assert (await patch(app_client, path, 5000, b"")).status_code == 404
     assert (await app_client.delete(path, headers=TUS)).status_code == 404
     assert [p for p in (settings.data_dir / "files").rglob("*") if p.is_file()] == []
+
+
+async def test_declaring_the_length_at_the_current_offset_completes_and_processes(
+    app_client: httpx.AsyncClient,
+) -> None:
+    import asyncio
+    import hashlib
+
+    path = await create(app_client, None)
+    assert (await patch(app_client, path, 0, b"abcdef")).status_code == 204
+    response = await patch(app_client, path, 6, b"", **{"Upload-Length": "6"})
+    assert response.status_code == 204
+    for _ in range(100):
+        status = (await app_client.get(f"/api/v1/uploads/{upload_id(path)}")).json()
+        if status["state"] == "ready":
+            break
+        await asyncio.sleep(0.02)
+    assert status["state"] == "ready"
+    assert status["sha256"] == hashlib.sha256(b"abcdef").hexdigest()

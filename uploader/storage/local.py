@@ -9,7 +9,9 @@ import os
 import re
 import shutil
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from uploader.storage.base import (
     Checkpoint,
@@ -24,6 +26,9 @@ _KEY = re.compile(r"^[0-9a-f]{32}$")
 WRITE_BATCH = 2 * 1024 * 1024
 READ_BLOCK = 1024 * 1024
 _MAX_IOV = 512
+# Hashing runs beside writing; batches of one upload are awaited in order, so one
+# upload's digest is never fed out of order.
+_HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hash")
 
 
 class LocalUpload:
@@ -42,7 +47,7 @@ class LocalUpload:
     ) -> int:
         fd = self._open_for_write(offset)
         loop = asyncio.get_running_loop()
-        in_flight: asyncio.Future[None] | None = None
+        in_flight: asyncio.Future[Any] | None = None
         in_flight_size = 0
 
         async def settle() -> None:
@@ -67,8 +72,8 @@ class LocalUpload:
                     if pending_size < WRITE_BATCH and len(pending) < _MAX_IOV:
                         continue
                     await settle()
-                    # One batch is written by a thread while the next one arrives.
-                    in_flight = loop.run_in_executor(None, _write_all, fd, pending, pending_size, digest)
+                    # One batch is written (and hashed) by threads while the next one arrives.
+                    in_flight = self._submit(loop, fd, pending, pending_size, digest)
                     in_flight_size = pending_size
                     pending, pending_size = [], 0
                     durable = offset + progress.written
@@ -77,7 +82,7 @@ class LocalUpload:
                         await checkpoint(durable)
                 if pending:  # the rest, off the loop too (hashing it is not free)
                     await settle()
-                    in_flight = loop.run_in_executor(None, _write_all, fd, pending, pending_size, digest)
+                    in_flight = self._submit(loop, fd, pending, pending_size, digest)
                     in_flight_size = pending_size
                     pending, pending_size = [], 0
             finally:
@@ -92,6 +97,20 @@ class LocalUpload:
             else:
                 os.close(fd)
         return progress.written
+
+    @staticmethod
+    def _submit(
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        buffers: list[bytes],
+        size: int,
+        digest: RunningDigest | None,
+    ) -> asyncio.Future[Any]:
+        """Write a batch on one thread and hash it on another: both release the GIL."""
+        write = loop.run_in_executor(None, _write_all, fd, buffers, size, None)
+        if digest is None:
+            return write
+        return asyncio.gather(write, loop.run_in_executor(_HASHER, digest.update, buffers))
 
     def _open_for_write(self, offset: int) -> int:
         """The upload's file; created by the first write (offset 0), so creation costs nothing."""

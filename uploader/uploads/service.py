@@ -219,6 +219,7 @@ class UploadService:
     ) -> Upload:
         async with self._locked(upload_id) as holder:
             upload = await self.get(owner, upload_id)
+            was_complete = upload.is_complete
             if upload.concat_role == ConcatRole.FINAL:
                 raise ProblemError("upload.final_immutable", "PATCH is not allowed on a final upload")
             if declared_length is not None:
@@ -232,20 +233,21 @@ class UploadService:
             room = (upload.length if upload.length is not None else self.settings.max_upload_size) - offset
             if content_length is not None and content_length > room:
                 raise ProblemError("upload.exceeds_length", f"{content_length} bytes sent, {room} bytes left")
-            if upload.is_complete:
-                return upload  # an empty PATCH at the end of a complete upload
-            body.limit = room
-            body.hasher = checksum.hasher if checksum else None
-            holder.on_interrupt(body.interrupt)
-            await self._write(upload, offset, body, checksum)
-        if upload.is_complete:
+            # Nothing to write once complete: an empty PATCH at the end, or a declared length
+            # that equals the offset.
+            if not upload.is_complete:
+                body.limit = room
+                body.hasher = checksum.hasher if checksum else None
+                holder.on_interrupt(body.interrupt)
+                await self._write(upload, offset, body, checksum)
+        if upload.is_complete and not was_complete:
             await self._after_complete(upload)
         return upload
 
     async def _write(self, upload: Upload, offset: int, body: RequestBody, checksum: Checksum | None) -> None:
         stored = await self.store.find(upload.storage_key)
         progress = WriteProgress()
-        digest = self._digest_at(upload.id, offset)
+        digest = self._digest_at(upload.id, offset) if self.settings.digest_while_receiving else None
 
         async def checkpoint(durable_offset: int) -> None:
             await self.db.run(

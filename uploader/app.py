@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             db,
             store,
             LocalLocker(settings.lock_timeout_seconds),
-            on_complete=processor.submit if processor else None,
+            processor=processor,
         )
         app.state.db = db
         app.state.uploads = service

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
-    log_json: bool = Field(default=False, description="JSON log lines instead of console format.")
+    log_json: bool | None = Field(
+        default=None, description="JSON log lines; unset means JSON unless stderr is a terminal."
+    )
     access_log: bool = False
 
     max_upload_size: int = Field(default=10 * GiB, gt=0, description="Tus-Max-Size in bytes.")

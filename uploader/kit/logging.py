@@ -13,7 +13,9 @@ from typing import Any
 import structlog
 
 
-def configure_logging(level: str = "info", json_lines: bool = False) -> None:
+def configure_logging(level: str = "info", json_lines: bool | None = None) -> None:
+    if json_lines is None:
+        json_lines = not sys.stderr.isatty()
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,

@@ -20,6 +20,9 @@ class EmbeddedProcessor:
         self.store = store
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def needs_work(self, sha256: str | None) -> bool:
+        return sha256 is None  # the only step so far is the checksum
+
     async def submit(self, upload: Upload) -> None:
         task = asyncio.create_task(self._run(upload), name=f"process-{upload.id}")
         self._tasks.add(task)
@@ -35,8 +38,7 @@ class EmbeddedProcessor:
 
     async def _run(self, upload: Upload) -> None:
         upload_id = upload.id
-        # A checksum computed while the bytes arrived leaves nothing to do.
-        target = UploadState.READY if upload.sha256 is not None else UploadState.PROCESSING
+        target = UploadState.PROCESSING if self.needs_work(upload.sha256) else UploadState.READY
         if upload.state == UploadState.RECEIVED and not await self.db.run(
             lambda s: repository.set_fields_if_state(s, upload, UploadState.RECEIVED, state=target)
         ):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -19,6 +19,7 @@ from uploader.db.engine import Database
 from uploader.db.models import ConcatRole, Upload, UploadState, utcnow
 from uploader.kit.errors import ProblemError
 from uploader.kit.logging import get_logger
+from uploader.processing.base import Processor
 from uploader.settings import Settings
 from uploader.storage.base import (
     ConcatenatableUpload,
@@ -38,7 +39,6 @@ from uploader.uploads.metadata import declared_type_of, filename_of
 
 log = get_logger(__name__)
 
-OnComplete = Callable[[Upload], Awaitable[None]]
 MAX_RUNNING_DIGESTS = 10_000
 
 
@@ -60,13 +60,13 @@ class UploadService:
         db: Database,
         store: UploadStore,
         locker: UploadLocker,
-        on_complete: OnComplete | None = None,
+        processor: Processor | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.store = store
         self.locker = locker
-        self.on_complete = on_complete
+        self.processor = processor
         # SHA-256 of uploads being written in order on this process, keyed by upload id:
         # the common case gets its checksum without reading the file again.
         self._digests: OrderedDict[str, RunningDigest] = OrderedDict()
@@ -322,9 +322,16 @@ class UploadService:
         sha256 = digest.hexdigest() if digest is not None and digest.covered == length else None
         if length == 0:
             sha256 = RunningDigest().hexdigest()
-        fields.update(state=UploadState.RECEIVED, completed_at=utcnow(), expires_at=expires, sha256=sha256)
+        # With nothing left to process (the digest arrived with the bytes) it is ready at once.
+        settled = (
+            self.processor is not None
+            and upload.concat_role != ConcatRole.PARTIAL
+            and not self.processor.needs_work(sha256)
+        )
+        state = UploadState.READY if settled else UploadState.RECEIVED
+        fields.update(state=state, completed_at=utcnow(), expires_at=expires, sha256=sha256)
         await self.db.run(lambda s: repository.set_fields(s, upload, **fields))
-        log.info("upload.received", upload_id=upload.id, length=length)
+        log.info("upload.received", upload_id=upload.id, length=length, state=state)
 
     async def _after_complete(self, upload: Upload) -> None:
         """Runs after the completing transaction committed."""
@@ -334,8 +341,8 @@ class UploadService:
                 if upload.id in (final.concat_parts or []):
                     await self._try_finish_final(final)
             return
-        if self.on_complete is not None:
-            await self.on_complete(upload)
+        if self.processor is not None and upload.state == UploadState.RECEIVED:
+            await self.processor.submit(upload)
 
     # -- removing --------------------------------------------------------------
 

@@ -15,7 +15,14 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from tests.support import LiveServer, in_process_client, start_server
+from tests.support import (
+    S3_TEST_BUCKET,
+    S3_TEST_ENV,
+    LiveServer,
+    in_process_client,
+    start_moto_server,
+    start_server,
+)
 from uploader.db.engine import Database
 from uploader.db.migrate import upgrade_to_head
 from uploader.settings import Settings
@@ -80,21 +87,54 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """Each API test runs on both databases, starting from an empty table."""
-    url: str = request.getfixturevalue(f"{request.param}_url")
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server over real HTTP, one per test process, with the test bucket."""
+    for name, value in S3_TEST_ENV.items():
+        os.environ.setdefault(name, value)
+    server = start_moto_server()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+# The API suite runs on both databases with local storage, and on PostgreSQL with S3.
+BACKENDS = ["sqlite+local", "postgres+local", "postgres+s3"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    database, storage = request.param.split("+")
+    return database, storage
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, backend: tuple[str, str]) -> str:
+    """An empty uploads table on the backend's database."""
+    url: str = request.getfixturevalue(f"{backend[0]}_url")
     run_in_thread(_empty_uploads(url))
     return url
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
+def settings(
+    request: pytest.FixtureRequest, backend: tuple[str, str], database_url: str, tmp_path: Path
+) -> Settings:
+    storage: dict[str, Any] = {}
+    if backend[1] == "s3":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        storage = {
+            "storage_url": f"s3://{S3_TEST_BUCKET}/{secrets.token_hex(6)}",
+            "s3_endpoint_url": endpoint,
+            "s3_part_size": 5 * 1024 * 1024,
+        }
     return Settings(
         data_dir=tmp_path,
         database_url=database_url,
         cleanup_interval_seconds=3600,
         checkpoint_bytes=256 * 1024,
+        **storage,
     )
 
 

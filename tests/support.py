@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -21,6 +22,12 @@ from uploader.app import create_app
 from uploader.settings import Settings
 
 TUS = {"Tus-Resumable": "1.0.0"}
+S3_TEST_BUCKET = "uploader-test"
+S3_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 PATCH_HEADERS = {**TUS, "Content-Type": "application/offset+octet-stream"}
 REPO = Path(__file__).resolve().parent.parent
 
@@ -132,3 +139,63 @@ async def in_process_client(settings: Settings) -> AsyncIterator[httpx.AsyncClie
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
+
+
+@dataclass
+class MotoServer:
+    process: subprocess.Popen[bytes]
+    url: str
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def s3_client(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def start_moto_server() -> MotoServer:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        raise RuntimeError("moto server did not start")
+    s3_client(url).create_bucket(Bucket=S3_TEST_BUCKET)
+    return MotoServer(process, url)
+
+
+def stored_objects(settings: Settings) -> list[str]:
+    """Everything the storage holds for these settings: files, objects, open multipart uploads."""
+    if settings.resolved_storage_url.startswith("file:"):
+        root = settings.data_dir / "files"
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert settings.s3_endpoint_url is not None
+    bucket, _, prefix = settings.resolved_storage_url.removeprefix("s3://").partition("/")
+    client = s3_client(settings.s3_endpoint_url)
+    objects = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+    return sorted([o["Key"] for o in objects] + [f"multipart:{u['Key']}" for u in uploads])

@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.resolved_database_url)
         store = build_store(settings)
+        await store.start()
         processor = EmbeddedProcessor(db, store) if settings.process_uploads else None
         service = UploadService(
             settings,

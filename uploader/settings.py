@@ -24,6 +24,13 @@ class Settings(BaseSettings):
     storage_url: str | None = Field(
         default=None, description="file:///path for a local folder; unset means DATA_DIR/files."
     )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, moto); unset means AWS."
+    )
+    s3_part_size: int = Field(
+        default=8 * MiB, ge=5 * MiB, description="Multipart part size (grows for very large uploads)."
+    )
+    s3_concurrency: int = Field(default=4, ge=1, le=64, description="Parts in flight per upload.")
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"

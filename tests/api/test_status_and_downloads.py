@@ -13,6 +13,7 @@ import pytest
 from tests.api.helpers import create, head, patch, upload_bytes, upload_id
 from tests.support import TUS, in_process_client, metadata
 from uploader.settings import Settings
+from uploader.storage.s3 import S3Store
 
 
 async def wait_for_state(client: httpx.AsyncClient, uid: str, state: str) -> dict[str, object]:
@@ -191,14 +192,21 @@ async def test_health_and_readiness(app_client: httpx.AsyncClient) -> None:
     ready = await app_client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"database": "ok", "storage": "ok"}
-    root = app_client.app.state.uploads.store.root  # type: ignore[attr-defined]
-    root.rename(root.with_name("moved-away"))
-    try:
-        broken = await app_client.get("/readyz")
-        assert broken.status_code == 503
-        assert broken.json()["checks"]["storage"].startswith("error")
-    finally:
-        root.with_name("moved-away").rename(root)
+    store = app_client.app.state.uploads.store  # type: ignore[attr-defined]
+    if isinstance(store, S3Store):
+        real_bucket, store.bucket = store.bucket, "no-such-bucket"
+        try:
+            broken = await app_client.get("/readyz")
+        finally:
+            store.bucket = real_bucket
+    else:
+        store.root.rename(store.root.with_name("moved-away"))
+        try:
+            broken = await app_client.get("/readyz")
+        finally:
+            store.root.with_name("moved-away").rename(store.root)
+    assert broken.status_code == 503
+    assert broken.json()["checks"]["storage"].startswith("error")
 
 
 async def test_openapi_docs_are_served(app_client: httpx.AsyncClient) -> None:

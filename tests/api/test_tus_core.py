@@ -7,7 +7,7 @@ import os
 import httpx
 
 from tests.api.helpers import create, head, offset_of, patch, upload_bytes, upload_id
-from tests.support import PATCH_HEADERS, TUS, metadata
+from tests.support import PATCH_HEADERS, TUS, metadata, stored_objects
 
 
 async def test_options_announces_version_extensions_and_limits(app_client: httpx.AsyncClient) -> None:
@@ -135,14 +135,13 @@ async def test_deferred_upload_cannot_grow_past_max_size(app_client: httpx.Async
 async def test_termination_removes_the_upload_and_its_bytes(app_client: httpx.AsyncClient) -> None:
     path = await upload_bytes(app_client, b"x" * 5000, chunk=2000)
     settings = app_client.app.state.settings  # type: ignore[attr-defined]
-    stored = [p for p in (settings.data_dir / "files").rglob("*") if p.is_file()]
-    assert len(stored) == 1
+    assert stored_objects(settings) != []
     response = await app_client.delete(path, headers=TUS)
     assert response.status_code == 204
     assert (await head(app_client, path)).status_code == 404
     assert (await patch(app_client, path, 5000, b"")).status_code == 404
     assert (await app_client.delete(path, headers=TUS)).status_code == 404
-    assert [p for p in (settings.data_dir / "files").rglob("*") if p.is_file()] == []
+    assert stored_objects(settings) == []  # no file, object, tail or open multipart upload
 
 
 async def test_declaring_the_length_at_the_current_offset_completes_and_processes(

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.api.helpers import create, head, offset_of, patch, upload_bytes, upload_id
-from tests.support import TUS
+from tests.support import TUS, stored_objects
 from uploader.db.models import utcnow
 from uploader.uploads import repository
 
@@ -161,9 +161,10 @@ async def test_unfinished_uploads_announce_expiry_and_are_removed_after_it(
     assert (await head(app_client, path)).status_code == 410
     status = (await app_client.get(f"/api/v1/uploads/{upload_id(path)}")).json()
     assert status["state"] == "expired"
-    files = [p for p in (service.settings.data_dir / "files").rglob("*") if p.is_file()]
-    assert len(files) == 1  # only the finished upload's bytes remain
     assert (await app_client.get(finished)).content == b"done"
+    # Only the finished upload's bytes remain: no tail, object or multipart upload of the other.
+    await app_client.delete(finished, headers=TUS)
+    assert stored_objects(service.settings) == []
 
 
 async def test_cleanup_loop_expires_uploads_in_the_background(app_client: httpx.AsyncClient) -> None:
@@ -184,3 +185,34 @@ async def test_cleanup_loop_expires_uploads_in_the_background(app_client: httpx.
         assert status["state"] == "expired"
     finally:
         loop_task.cancel()
+
+
+async def test_checksum_mismatch_across_several_parts_keeps_nothing(app_client: httpx.AsyncClient) -> None:
+    """Bodies spanning whole storage parts (5 MiB on S3) roll back as cleanly as small ones."""
+    mib = 1024 * 1024
+    data = bytes(range(256)) * (52 * 1024)  # 13 MiB
+    path = await create(app_client, len(data))
+    assert (await patch(app_client, path, 0, data[: 3 * mib])).status_code == 204
+    wrong = await patch(
+        app_client, path, 3 * mib, data[3 * mib : 9 * mib], **{"Upload-Checksum": checksum("sha256", b"x")}
+    )
+    assert wrong.status_code == 460
+    assert await offset_of(app_client, path) == 3 * mib
+    body = data[3 * mib :]
+    good = await patch(app_client, path, 3 * mib, body, **{"Upload-Checksum": checksum("sha256", body)})
+    assert good.status_code == 204
+    assert (await app_client.get(path)).content == data
+
+
+async def test_concatenation_of_large_parts(app_client: httpx.AsyncClient) -> None:
+    """Parts of 5 MiB and more: S3 concatenates them server-side (UploadPartCopy)."""
+    first_data, second_data = b"a" * (5 * 1024 * 1024 + 3), b"b" * 1234
+    first = await upload_bytes(app_client, first_data, chunk=len(first_data), **{"Upload-Concat": "partial"})
+    second = await upload_bytes(app_client, second_data, chunk=2000, **{"Upload-Concat": "partial"})
+    response = await app_client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{first} {second}"})
+    assert response.status_code == 201
+    final = response.headers["Location"].removeprefix("http://testserver")
+    assert (await app_client.get(final)).content == first_data + second_data
+    for path in (first, second, final):
+        assert (await app_client.delete(path, headers=TUS)).status_code == 204
+    assert stored_objects(app_client.app.state.settings) == []  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from uploader.kit.logging import get_logger
+from uploader.storage.base import StorageFull, StorageUnavailable
 
 log = get_logger(__name__)
 
@@ -110,6 +111,11 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _STATUS_CODES.get(exc.status_code, "request.invalid")
         return problem_response(request, code, str(exc.detail), dict(exc.headers or {}))
 
+    async def on_storage(request: Request, exc: Exception) -> Response:
+        code = "storage.full" if isinstance(exc, StorageFull) else "storage.unavailable"
+        log.warning("storage.failed", path=request.url.path, error=str(exc)[:500])
+        return problem_response(request, code, str(exc)[:500], {"Retry-After": "5"})
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("request.failed", path=request.url.path, method=request.method)
         return problem_response(request, "internal", "An unexpected error occurred")
@@ -117,4 +123,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(StorageUnavailable, on_storage)
+    app.add_exception_handler(StorageFull, on_storage)
     app.add_exception_handler(Exception, on_unexpected)

@@ -89,6 +89,10 @@ class UploadStore(Protocol):
 
     async def find(self, key: str) -> StoredUpload: ...
 
+    async def start(self) -> None:
+        """Open clients and pools once per process."""
+        ...
+
     async def check(self) -> None:
         """Raise ``StorageUnavailable`` when the backend cannot serve requests."""
         ...

@@ -236,6 +236,9 @@ class LocalStore:
     async def find(self, key: str) -> LocalUpload:
         return LocalUpload(key, self._path(key), self.checkpoint_bytes)
 
+    async def start(self) -> None:
+        return None
+
     async def check(self) -> None:
         def probe() -> None:
             if not os.access(self.root, os.W_OK):

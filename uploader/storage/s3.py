@@ -1,0 +1,450 @@
+"""S3 / MinIO backend: one multipart upload per tus upload.
+
+Layout under the configured prefix, for an upload with storage key ``K``:
+
+- ``K``              the final object, once the upload is complete;
+- ``K.info``         JSON with the multipart upload id and the part size;
+- ``K.tail/<end>``   the bytes after the last whole part, up to offset ``<end>``.
+
+Part ``n`` always holds bytes ``[(n-1)*part_size, n*part_size)``, so an offset alone says
+which parts are valid and which tail belongs to it. A write never changes what an
+earlier offset refers to: a crash or a rejected request (checksum mismatch) leaves the
+previous offset's tail in place, and parts past the recorded offset are simply written
+again. Memory per active upload is bounded by a few parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from uploader.storage.base import (
+    Checkpoint,
+    RunningDigest,
+    StorageUnavailable,
+    StoredUpload,
+    WriteProgress,
+)
+
+MiB = 1024 * 1024
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * 1024 * MiB
+MAX_PARTS = 10_000
+READ_BLOCK = 1024 * 1024
+T = TypeVar("T")
+
+
+def choose_part_size(length: int | None, max_upload_size: int, preferred: int) -> int:
+    """At least ``preferred`` (>= 5 MiB), large enough for 10,000 parts to hold the upload."""
+    needed = math.ceil((length if length is not None else max_upload_size) / MAX_PARTS)
+    size = max(preferred, MIN_PART_SIZE, needed)
+    return min(MAX_PART_SIZE, math.ceil(size / MiB) * MiB)
+
+
+async def _s3(call: Awaitable[T]) -> T:
+    """An S3 call whose failure (after the client's own retries) means 'storage unavailable'."""
+    try:
+        return await call
+    except (ClientError, BotoCoreError) as exc:
+        raise StorageUnavailable(f"S3: {exc}") from exc
+
+
+def _is_missing(exc: BaseException) -> bool:
+    cause = exc.__cause__ if isinstance(exc, StorageUnavailable) else exc
+    if isinstance(cause, ClientError):
+        code = str(cause.response.get("Error", {}).get("Code", ""))
+        return code in ("NoSuchKey", "404", "NoSuchUpload", "NotFound")
+    return False
+
+
+@dataclass
+class _Info:
+    multipart_id: str
+    part_size: int
+
+
+class S3Upload:
+    def __init__(self, store: S3Store, key: str) -> None:
+        self.store = store
+        self.key = key
+        self.object_key = store.prefix + key
+        self._info: _Info | None = None
+
+    # -- bookkeeping objects -----------------------------------------------------
+
+    def _tail_key(self, end: int) -> str:
+        return f"{self.object_key}.tail/{end}"
+
+    async def info(self) -> _Info:
+        if self._info is None:
+            body = await self.store.get_bytes(f"{self.object_key}.info")
+            data = json.loads(body)
+            self._info = _Info(multipart_id=data["multipart_id"], part_size=int(data["part_size"]))
+        return self._info
+
+    async def _start(self, part_size: int) -> None:
+        client = self.store.client
+        created = await _s3(client.create_multipart_upload(Bucket=self.store.bucket, Key=self.object_key))
+        self._info = _Info(multipart_id=created["UploadId"], part_size=part_size)
+        payload = {"multipart_id": self._info.multipart_id, "part_size": part_size}
+        await self.store.put_bytes(f"{self.object_key}.info", json.dumps(payload).encode())
+
+    async def _tails(self) -> list[tuple[int, str]]:
+        keys = await self.store.list_keys(f"{self.object_key}.tail/")
+        return sorted((int(k.rsplit("/", 1)[1]), k) for k in keys)
+
+    async def _drop_tails(self, keep: int | None) -> None:
+        for end, key in await self._tails():
+            if end != keep:
+                await self.store.delete(key)
+
+    # -- the StoredUpload protocol ---------------------------------------------
+
+    async def write_chunk(
+        self,
+        offset: int,
+        body: AsyncIterator[bytes],
+        progress: WriteProgress,
+        checkpoint: Checkpoint | None = None,
+        digest: RunningDigest | None = None,
+    ) -> int:
+        info = await self.info()
+        size = info.part_size
+        # Tails of other offsets are leftovers of crashed or rejected writes.
+        await self._drop_tails(keep=offset)
+        carried = offset % size
+        buffer = bytearray(await self.store.get_bytes(self._tail_key(offset)) if carried else b"")
+        if len(buffer) != carried:
+            raise StorageUnavailable(f"tail of {self.key} holds {len(buffer)} bytes, expected {carried}")
+        part_start = offset - carried
+        writer = _PartWriter(self, info, progress, offset, checkpoint)
+        fresh = carried  # where this request's own bytes start in ``buffer`` (for the digest)
+        try:
+            async for chunk in body:
+                buffer += chunk
+                while len(buffer) >= size:
+                    with memoryview(buffer) as view:
+                        part = bytes(view[:size])
+                    del buffer[:size]
+                    if digest is not None:
+                        await asyncio.to_thread(digest.update, [part[fresh:]])
+                    fresh = 0
+                    await writer.submit(part_start // size + 1, part, part_start + size)
+                    part_start += size
+            await writer.drain()
+            end = part_start + len(buffer)
+            if buffer and end != offset:
+                if digest is not None:
+                    await asyncio.to_thread(digest.update, [bytes(buffer[fresh:])])
+                await self.store.put_bytes(self._tail_key(end), bytes(buffer))
+                progress.written = end - offset
+        finally:
+            await writer.close()
+        return progress.written
+
+    async def reader(self, start: int, end: int) -> AsyncIterator[bytes]:
+        if start >= end:
+            return
+        response = await _s3(
+            self.store.client.get_object(
+                Bucket=self.store.bucket, Key=self.object_key, Range=f"bytes={start}-{end - 1}"
+            )
+        )
+        stream = response["Body"]
+        async with stream:  # releases the connection, also when the client goes away
+            async for block in stream.iter_chunks(READ_BLOCK):
+                yield block
+
+    async def discard_from(self, offset: int) -> None:
+        # The tail of ``offset`` was never touched; later parts are rewritten by the next write.
+        await self._drop_tails(keep=offset)
+
+    async def finish(self, length: int) -> None:
+        client, bucket = self.store.client, self.store.bucket
+        try:
+            info = await self.info()
+        except StorageUnavailable as exc:
+            if _is_missing(exc) and await self._final_size() == length:
+                return  # finished before, by a request that died before recording it
+            raise
+        size = info.part_size
+        count = math.ceil(length / size)
+        if length % size:
+            tail = await self.store.get_bytes(self._tail_key(length))
+            await self._upload_part(info, count, tail)
+        if count == 0:
+            await self.store.put_bytes(self.object_key, b"")
+            await self._abort(info)
+        else:
+            parts = await self._listed_parts(info, count)
+            await _s3(
+                client.complete_multipart_upload(
+                    Bucket=bucket,
+                    Key=self.object_key,
+                    UploadId=info.multipart_id,
+                    MultipartUpload={"Parts": parts},
+                )
+            )
+        await self._drop_tails(keep=None)
+        await self.store.delete(f"{self.object_key}.info")
+        self._info = None
+
+    async def terminate(self) -> None:
+        with contextlib.suppress(StorageUnavailable):
+            await self._abort(await self.info())
+        for key in await self.store.list_keys(self.object_key):
+            await self.store.delete(key)
+        self._info = None
+
+    async def declare_length(self, length: int) -> None:
+        return None  # parts are sized for the maximum upload size already
+
+    async def concatenate(self, parts: list[StoredUpload], lengths: list[int]) -> None:
+        """Server-side copies where S3 allows them (every part but the last >= 5 MiB)."""
+        info = await self.info()
+        if any(n < MIN_PART_SIZE for n in lengths[:-1]) or any(n == 0 for n in lengths):
+            await self._concatenate_by_streaming(parts, lengths)
+            return
+        client, bucket = self.store.client, self.store.bucket
+        completed = []
+        for number, part in enumerate(parts, start=1):
+            assert isinstance(part, S3Upload)
+            copied = await _s3(
+                client.upload_part_copy(
+                    Bucket=bucket,
+                    Key=self.object_key,
+                    UploadId=info.multipart_id,
+                    PartNumber=number,
+                    CopySource={"Bucket": bucket, "Key": part.object_key},
+                )
+            )
+            completed.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
+        await _s3(
+            client.complete_multipart_upload(
+                Bucket=bucket,
+                Key=self.object_key,
+                UploadId=info.multipart_id,
+                MultipartUpload={"Parts": completed},
+            )
+        )
+        await self.store.delete(f"{self.object_key}.info")
+        self._info = None
+
+    async def _concatenate_by_streaming(self, parts: list[StoredUpload], lengths: list[int]) -> None:
+        async def joined() -> AsyncIterator[bytes]:
+            for part, length in zip(parts, lengths, strict=True):
+                async for block in part.reader(0, length):
+                    yield block
+
+        await self.write_chunk(0, joined(), WriteProgress())
+
+    # -- helpers ---------------------------------------------------------------
+
+    async def _final_size(self) -> int | None:
+        try:
+            head = await _s3(self.store.client.head_object(Bucket=self.store.bucket, Key=self.object_key))
+        except StorageUnavailable as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        return int(head["ContentLength"])
+
+    async def _upload_part(self, info: _Info, number: int, data: bytes) -> None:
+        await _s3(
+            self.store.client.upload_part(
+                Bucket=self.store.bucket,
+                Key=self.object_key,
+                UploadId=info.multipart_id,
+                PartNumber=number,
+                Body=data,
+            )
+        )
+
+    async def _listed_parts(self, info: _Info, count: int) -> list[dict[str, Any]]:
+        found: dict[int, str] = {}
+        marker = 0
+        while True:
+            page = await _s3(
+                self.store.client.list_parts(
+                    Bucket=self.store.bucket,
+                    Key=self.object_key,
+                    UploadId=info.multipart_id,
+                    PartNumberMarker=marker,
+                )
+            )
+            for part in page.get("Parts", []):
+                found[int(part["PartNumber"])] = part["ETag"]
+            if not page.get("IsTruncated"):
+                break
+            marker = int(page["NextPartNumberMarker"])
+        missing = [n for n in range(1, count + 1) if n not in found]
+        if missing:
+            raise StorageUnavailable(f"{self.key}: parts {missing[:5]} are missing")
+        return [{"PartNumber": n, "ETag": found[n]} for n in range(1, count + 1)]
+
+    async def _abort(self, info: _Info) -> None:
+        with contextlib.suppress(StorageUnavailable):
+            await _s3(
+                self.store.client.abort_multipart_upload(
+                    Bucket=self.store.bucket, Key=self.object_key, UploadId=info.multipart_id
+                )
+            )
+
+
+class _PartWriter:
+    """Uploads parts concurrently (bounded) and records durable progress in order.
+
+    A part that lands is recorded at once (a checkpoint), even while the client is
+    silent, so a crash loses at most the parts still in flight.
+    """
+
+    def __init__(
+        self,
+        upload: S3Upload,
+        info: _Info,
+        progress: WriteProgress,
+        offset: int,
+        checkpoint: Checkpoint | None,
+    ) -> None:
+        self.upload = upload
+        self.info = info
+        self.progress = progress
+        self.offset = offset
+        self.checkpoint = checkpoint
+        self.in_flight: deque[tuple[asyncio.Task[None], int]] = deque()
+        self._lock = asyncio.Lock()
+        self._recorder: asyncio.Task[None] | None = None
+
+    async def submit(self, number: int, data: bytes, end: int) -> None:
+        while len(self.in_flight) >= self.upload.store.concurrency:
+            await self._wait_oldest()
+        task = asyncio.create_task(self.upload._upload_part(self.info, number, data))
+        task.add_done_callback(self._on_done)
+        self.in_flight.append((task, end))
+
+    def _on_done(self, _task: asyncio.Task[None]) -> None:
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.ensure_future(self._record())
+
+    async def _record(self) -> None:
+        async with self._lock:
+            advanced = False
+            while self.in_flight and self.in_flight[0][0].done():
+                task, end = self.in_flight[0]
+                if task.cancelled() or task.exception() is not None:
+                    break  # left at the head: whoever waits for it sees the failure
+                self.in_flight.popleft()
+                self.progress.written = end - self.offset
+                advanced = True
+            if advanced and self.checkpoint is not None:
+                await self.checkpoint(self.offset + self.progress.written)
+
+    async def _wait_oldest(self) -> None:
+        task = self.in_flight[0][0]
+        await asyncio.wait({task})
+        await self._record()
+        if self._recorder is not None:
+            await self._recorder
+        if task.cancelled() or task.exception() is not None:
+            await task  # raises the part's failure
+
+    async def drain(self) -> None:
+        """Every part stored and recorded; no checkpoint can arrive after this returns."""
+        while self.in_flight:
+            await self._wait_oldest()
+        if self._recorder is not None:
+            await self._recorder
+
+    async def close(self) -> None:
+        """On failure: parts already under way may finish and count; the rest is dropped."""
+        if self.in_flight:
+            await asyncio.wait([task for task, _ in self.in_flight])
+        with contextlib.suppress(Exception):
+            await self._record()
+        if self._recorder is not None:
+            with contextlib.suppress(Exception):
+                await self._recorder
+        self.in_flight.clear()
+
+
+class S3Store:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        endpoint_url: str | None,
+        max_upload_size: int,
+        part_size: int,
+        concurrency: int,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.endpoint_url = endpoint_url
+        self.max_upload_size = max_upload_size
+        self.part_size = part_size
+        self.concurrency = concurrency
+        self._session = aioboto3.Session()
+        self._client_context: Any = None
+        self.client: Any = None
+
+    async def start(self) -> None:
+        """One client and connection pool per process, for its lifetime."""
+        config = Config(
+            retries={"max_attempts": 5, "mode": "standard"},
+            max_pool_connections=64,
+            connect_timeout=10,
+            read_timeout=60,
+        )
+        self._client_context = self._session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        self.client = await self._client_context.__aenter__()
+
+    async def close(self) -> None:
+        if self._client_context is not None:
+            await self._client_context.__aexit__(None, None, None)
+            self._client_context = None
+
+    async def create(self, key: str, length: int | None) -> S3Upload:
+        upload = S3Upload(self, key)
+        await upload._start(choose_part_size(length, self.max_upload_size, self.part_size))
+        return upload
+
+    async def find(self, key: str) -> S3Upload:
+        return S3Upload(self, key)
+
+    async def check(self) -> None:
+        await _s3(self.client.head_bucket(Bucket=self.bucket))
+
+    # -- small object helpers ----------------------------------------------------
+
+    async def get_bytes(self, key: str) -> bytes:
+        response = await _s3(self.client.get_object(Bucket=self.bucket, Key=key))
+        stream = response["Body"]
+        async with stream:
+            data: bytes = await stream.read()
+        return data
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        await _s3(self.client.put_object(Bucket=self.bucket, Key=key, Body=data))
+
+    async def delete(self, key: str) -> None:
+        await _s3(self.client.delete_object(Bucket=self.bucket, Key=key))
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                keys.extend(item["Key"] for item in page.get("Contents", []))
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable(f"S3: {exc}") from exc
+        return keys

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
         default=8 * MiB, ge=5 * MiB, description="Multipart part size (grows for very large uploads)."
     )
     s3_concurrency: int = Field(default=4, ge=1, le=64, description="Parts in flight per upload.")
+    s3_presigned_downloads: bool = Field(
+        default=False, description="Downloads redirect to a short-lived presigned S3 URL."
+    )
+    s3_presign_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"

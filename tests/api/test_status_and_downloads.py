@@ -238,3 +238,23 @@ async def test_without_inline_digest_processing_computes_sha256(settings: Settin
         path = await upload_bytes(client, data, chunk=30_000)
         ready = await wait_for_state(client, upload_id(path), "ready")
         assert ready["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+async def test_downloads_can_redirect_to_presigned_s3_urls(
+    settings: Settings, backend: tuple[str, str]
+) -> None:
+    if backend[1] != "s3":
+        pytest.skip("presigned URLs are an S3 capability")
+    data = os.urandom(20_000)
+    async with in_process_client(settings.model_copy(update={"s3_presigned_downloads": True})) as client:
+        path = await upload_bytes(client, data, **{"Upload-Metadata": metadata(filename="é.bin")})
+        response = await client.get(f"/api/v1/uploads/{upload_id(path)}/content")
+    assert response.status_code == 307
+    async with httpx.AsyncClient() as direct_client:
+        direct = await direct_client.get(response.headers["Location"])
+        ranged = await direct_client.get(response.headers["Location"], headers={"Range": "bytes=10-19"})
+    assert direct.status_code == 200
+    assert direct.content == data
+    assert "filename*=UTF-8''%C3%A9.bin" in direct.headers["Content-Disposition"]
+    assert ranged.status_code == 206
+    assert ranged.content == data[10:20]

@@ -6,11 +6,11 @@ import re
 from urllib.parse import quote
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from uploader.db.models import Upload
 from uploader.kit.errors import ProblemError
-from uploader.storage.base import UploadStore
+from uploader.storage.base import PresignableUpload, UploadStore
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -85,7 +85,12 @@ async def content_response(
     if status == 206:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     headers["Content-Length"] = str(end - start)
+    stored = await store.find(upload.storage_key)
+    settings = request.app.state.settings
+    if settings.s3_presigned_downloads and isinstance(stored, PresignableUpload):
+        # The bytes come straight from object storage, which handles Range itself.
+        url = await stored.presigned_url(settings.s3_presign_seconds, headers["Content-Disposition"], media)
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media)
-    stored = await store.find(upload.storage_key)
     return StreamingResponse(stored.reader(start, end), status_code=status, headers=headers, media_type=media)

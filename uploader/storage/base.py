@@ -117,3 +117,10 @@ class ConcatenatableUpload(Protocol):
 @runtime_checkable
 class LengthDeclarableUpload(Protocol):
     async def declare_length(self, length: int) -> None: ...
+
+
+@runtime_checkable
+class PresignableUpload(Protocol):
+    async def presigned_url(self, expires_in: int, disposition: str, media_type: str) -> str:
+        """A short-lived URL the client can GET the complete object from directly."""
+        ...

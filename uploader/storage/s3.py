@@ -206,6 +206,19 @@ class S3Upload:
             await self.store.delete(key)
         self._info = None
 
+    async def presigned_url(self, expires_in: int, disposition: str, media_type: str) -> str:
+        url: str = await self.store.client.generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": self.store.bucket,
+                "Key": self.object_key,
+                "ResponseContentDisposition": disposition,
+                "ResponseContentType": media_type,
+            },
+            ExpiresIn=expires_in,
+        )
+        return url
+
     async def declare_length(self, length: int) -> None:
         return None  # parts are sized for the maximum upload size already
 

@@ -9,7 +9,7 @@ from an async stream, reads a byte range and finishes. Optional capabilities
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -35,7 +35,7 @@ class RunningDigest:
         self._hash = hashlib.sha256()
         self.covered = 0
 
-    def update(self, buffers: list[bytes]) -> None:
+    def update(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
         for buffer in buffers:
             self._hash.update(buffer)
             self.covered += len(buffer)

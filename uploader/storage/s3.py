@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -87,10 +87,17 @@ class S3Upload:
 
     async def info(self) -> _Info:
         if self._info is None:
+            self._info = self.store.known_info.get(self.key)
+        if self._info is None:
             body = await self.store.get_bytes(f"{self.object_key}.info")
             data = json.loads(body)
             self._info = _Info(multipart_id=data["multipart_id"], part_size=int(data["part_size"]))
+            self.store.remember(self.key, self._info)
         return self._info
+
+    def _forget_info(self) -> None:
+        self._info = None
+        self.store.known_info.pop(self.key, None)
 
     async def _start(self, part_size: int) -> None:
         client = self.store.client
@@ -98,6 +105,7 @@ class S3Upload:
         self._info = _Info(multipart_id=created["UploadId"], part_size=part_size)
         payload = {"multipart_id": self._info.multipart_id, "part_size": part_size}
         await self.store.put_bytes(f"{self.object_key}.info", json.dumps(payload).encode())
+        self.store.remember(self.key, self._info)
 
     async def _tails(self) -> list[tuple[int, str]]:
         keys = await self.store.list_keys(f"{self.object_key}.tail/")
@@ -137,7 +145,7 @@ class S3Upload:
                         part = bytes(view[:size])
                     del buffer[:size]
                     if digest is not None:
-                        await asyncio.to_thread(digest.update, [part[fresh:]])
+                        await asyncio.to_thread(digest.update, [memoryview(part)[fresh:]])
                     fresh = 0
                     await writer.submit(part_start // size + 1, part, part_start + size)
                     part_start += size
@@ -145,7 +153,7 @@ class S3Upload:
             end = part_start + len(buffer)
             if buffer and end != offset:
                 if digest is not None:
-                    await asyncio.to_thread(digest.update, [bytes(buffer[fresh:])])
+                    await asyncio.to_thread(digest.update, [memoryview(buffer)[fresh:]])
                 await self.store.put_bytes(self._tail_key(end), bytes(buffer))
                 progress.written = end - offset
         finally:
@@ -197,14 +205,14 @@ class S3Upload:
             )
         await self._drop_tails(keep=None)
         await self.store.delete(f"{self.object_key}.info")
-        self._info = None
+        self._forget_info()
 
     async def terminate(self) -> None:
         with contextlib.suppress(StorageUnavailable):
             await self._abort(await self.info())
         for key in await self.store.list_keys(self.object_key):
             await self.store.delete(key)
-        self._info = None
+        self._forget_info()
 
     async def presigned_url(self, expires_in: int, disposition: str, media_type: str) -> str:
         url: str = await self.store.client.generate_presigned_url(
@@ -251,7 +259,7 @@ class S3Upload:
             )
         )
         await self.store.delete(f"{self.object_key}.info")
-        self._info = None
+        self._forget_info()
 
     async def _concatenate_by_streaming(self, parts: list[StoredUpload], lengths: list[int]) -> None:
         async def joined() -> AsyncIterator[bytes]:
@@ -407,6 +415,8 @@ class S3Store:
         self.part_size = part_size
         self.concurrency = concurrency
         self._session = aioboto3.Session()
+        # Multipart ids of uploads this process has seen: saves a GET per PATCH.
+        self.known_info: OrderedDict[str, _Info] = OrderedDict()
         self._client_context: Any = None
         self.client: Any = None
 
@@ -425,6 +435,12 @@ class S3Store:
         if self._client_context is not None:
             await self._client_context.__aexit__(None, None, None)
             self._client_context = None
+
+    def remember(self, key: str, info: _Info) -> None:
+        self.known_info[key] = info
+        self.known_info.move_to_end(key)
+        while len(self.known_info) > 10_000:
+            self.known_info.popitem(last=False)
 
     async def create(self, key: str, length: int | None) -> S3Upload:
         upload = S3Upload(self, key)

@@ -10,11 +10,20 @@ each round) so that the noise of this shared machine hits all of them alike:
 * RSS flatness of our server: a fresh process per file size (128 MiB, then 1 GiB, 64 MiB
   chunks), reporting the peak RSS of each.
 
-It prints a Markdown table with the ratios ours / @tus-file and can write the same as JSON.
+Besides our default configuration, ``--variant "LABEL:KEY=VALUE[,KEY=VALUE...]"`` (repeatable)
+adds our server started with that extra environment as one more row, alternated with the rest;
+each row of ours gets its ratios to @tus-file and tuspyserver. The RSS check uses the default.
+
+Between measurements the server is left to finish its own work, every upload the run made is
+deleted (tus DELETE of the client's upload, and of whatever our status API still lists; the
+peers' upload folders are emptied) and dirty pages are written back with sync(2), so that no
+leftover bytes or writeback of one run land in the next one; anything left over is reported.
+
+It prints a Markdown table with those ratios and can write the same as JSON.
 
     python tests/bench/bench_tus.py [--sizes-mib 512] [--rss-sizes-mib 128,1024] \
         [--skip-peers | --only-peers] [--server-cmd "uploader serve --host {host} --port {port}"] \
-        [--repeats 3] [--json results.json]
+        [--variant "LABEL:KEY=VALUE,..."]... [--repeats 3] [--json results.json]
 
 The peers are installed by ``<bench>/peers/setup.sh`` (run here if missing) and started by
 ``<bench>/peers/start.sh``; ``<bench>`` is ``--peers-bench-dir``, ``$UPLOADER_PEERS_BENCH_DIR`` or
@@ -40,6 +49,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -73,6 +83,19 @@ PEERS: dict[str, PeerSpec] = {
 }
 # start.sh also starts these; they must be up for node-s3, and are stopped with the rest.
 PEER_SIDECAR_PORTS = {"moto": 15000}
+DEFAULT_LIST_PATH = "/api/v1/uploads"  # our status API: lists the uploads, newest first
+GONE_STATES = {"terminated", "expired"}  # listed by it, but without bytes left to delete
+DIRTY_WARN_MIB = 64  # more dirty page cache than this right after sync is reported
+ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A configuration of our server: the default one, or a --variant with extra environment."""
+
+    key: str
+    label: str
+    env: tuple[str, ...] = ()  # KEY=VALUE, applied after --server-env
 
 
 # ---------------------------------------------------------------- processes and /proc
@@ -200,44 +223,58 @@ class Server:
     label: str
     endpoint: str
     pid: int
-    prune_dir: Path | None = None  # uploads folder safe to empty while it runs (peers only)
+    uploads_dir: Path | None = None  # where the uploads' bytes land; checked empty after cleanup
+    prune: bool = False  # uploads_dir is safe to empty while it runs (peers; ours gets DELETEs)
+    list_url: str | None = None  # status API listing the uploads (ours)
 
-    def settle(self, timeout: float = 60.0, window: float = 0.5, busy_cpu: float = 0.05) -> None:
+    def settle(self, timeout: float = 60.0, window: float = 0.5, busy_cpu: float = 0.05) -> bool:
         """Wait until the server tree is idle (post-upload work such as checksums or
-        processing would otherwise run into the next measurement)."""
+        processing would otherwise run into the next measurement); False if it never was."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pids = proc_tree(self.pid)
             before = cpu_seconds(pids)
             time.sleep(window)
             if cpu_seconds(pids) - before < busy_cpu:
-                return
+                return True
         log(f"{self.label}: still busy after {timeout:.0f} s, measuring anyway")
+        return False
 
 
 class OurServer:
-    """Our server as a child process with a fresh data folder, in its own process group."""
+    """Our server in one configuration, as a child process with a fresh data folder, in its own
+    process group."""
 
-    def __init__(self, args: argparse.Namespace, work_dir: Path, tag: str) -> None:
-        self.args = args
-        self.data_dir = Path(tempfile.mkdtemp(prefix=f"data-{tag}-", dir=work_dir))
-        self.log_path = work_dir / f"server-{tag}.log"
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        work_dir: Path,
+        variant: Variant,
+        port: int,
+        tag: str | None = None,
+    ) -> None:
+        self.args, self.variant, self.port = args, variant, port
+        self.tag = tag or variant.key
+        self.data_dir = Path(tempfile.mkdtemp(prefix=f"data-{self.tag}-", dir=work_dir))
+        self.log_path = work_dir / f"server-{self.tag}.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.tag = tag
 
     def _subst(self, s: str) -> str:
-        return s.format(host=HOST, port=self.args.port, data_dir=self.data_dir)
+        return s.format(host=HOST, port=self.port, data_dir=self.data_dir)
 
     def start(self) -> Server:
         argv = [self._subst(a) for a in shlex.split(self.args.server_cmd)]
         argv[0] = resolve_executable(argv[0])
         env = dict(os.environ, UPLOADER_DATA_DIR=str(self.data_dir))
-        for item in self.args.server_env:
+        extra = [*self.args.server_env, *self.variant.env]
+        for item in extra:
             k, _, v = item.partition("=")
             env[k] = self._subst(v)
-        if port_open(self.args.port):
-            raise RuntimeError(f"port {self.args.port} is already in use")
-        log(f"starting ours ({self.tag}): {shlex.join(argv)}")
+        if port_open(self.port):
+            raise RuntimeError(f"port {self.port} is already in use")
+        log(f"starting {self.variant.label} ({self.tag}, port {self.port}): {shlex.join(argv)}")
+        if extra:
+            log(f"  with {' '.join(extra)}")
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 argv,
@@ -253,20 +290,27 @@ class OurServer:
             wait_until(
                 self._ready,
                 self.args.start_timeout,
-                f"ours ({self.tag})",
+                f"{self.variant.label} ({self.tag})",
                 alive=lambda: proc.poll() is None,
             )
         except RuntimeError:
             log(f"server log {self.log_path}:\n{tail(self.log_path)}")
             self.stop()
             raise
-        base = f"http://{HOST}:{self.args.port}"
-        return Server(OURS, self.args.label, base + self.args.files_path, proc.pid)
+        base = f"http://{HOST}:{self.port}"
+        return Server(
+            self.variant.key,
+            self.variant.label,
+            base + self.args.files_path,
+            proc.pid,
+            uploads_dir=self.data_dir / "files",  # the default local storage, if it is used
+            list_url=base + self.args.list_path if self.args.list_path else None,
+        )
 
     def _ready(self) -> bool:
         if not self.args.health_path:
-            return port_open(self.args.port)
-        url = f"http://{HOST}:{self.args.port}{self.args.health_path}"
+            return port_open(self.port)
+        url = f"http://{HOST}:{self.port}{self.args.health_path}"
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 return bool(r.status == 200)
@@ -274,7 +318,8 @@ class OurServer:
             return False
 
     def stop(self) -> None:
-        """Stop the process group we created, then remove the data folder."""
+        """Stop the process group we created, remove the data folder and write back what is
+        still dirty of it."""
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -285,7 +330,9 @@ class OurServer:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self.proc = None
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self.data_dir.exists():
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            os.sync()
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Server]:
@@ -354,6 +401,10 @@ class Peers:
         except (OSError, ValueError):
             return None
 
+    def _data_dir(self, name: str) -> Path | None:
+        subdir = PEERS[name].data_subdir
+        return self.peers_dir / subdir if subdir else None
+
     def start(self) -> None:
         self.ensure_installed()
         ports = [PEERS[n].port for n in PEERS] + list(PEER_SIDECAR_PORTS.values())
@@ -367,6 +418,9 @@ class Peers:
             else:
                 raise RuntimeError(f"peer ports {busy} are taken by something else")
         else:
+            for name in self.names:  # uploads left by earlier runs would be in the way
+                if empty_dir(self._data_dir(name)):
+                    log(f"peer {name}: removed leftover uploads from {self._data_dir(name)}")
             log("starting peers with start.sh")
             r = subprocess.run(
                 [str(self.bench_dir / "peers/start.sh")],
@@ -387,8 +441,10 @@ class Peers:
             spec = PEERS[name]
             wait_until(functools.partial(port_open, spec.port), 60, f"peer {name}")
             pid = self._server_pid(name, spec)
-            prune = self.peers_dir / spec.data_subdir if spec.data_subdir else None
-            self.servers[name] = Server(name, spec.label, f"http://{HOST}:{spec.port}/files/", pid, prune)
+            endpoint = f"http://{HOST}:{spec.port}/files/"
+            self.servers[name] = Server(
+                name, spec.label, endpoint, pid, uploads_dir=self._data_dir(name), prune=True
+            )
             log(f"peer {name}: pid {pid} ({exe_name(pid)}), {self.servers[name].endpoint}")
 
     def _server_pid(self, name: str, spec: PeerSpec) -> int:
@@ -416,17 +472,40 @@ class Peers:
             log(f"stopped peers {self.started_pids}")
         self.started_pids = []
         for name in self.names:
-            prune_dir_contents(self.servers.get(name))
+            empty_dir(self._data_dir(name))
 
 
-def prune_dir_contents(server: Server | None) -> None:
-    if server is None or server.prune_dir is None or not server.prune_dir.is_dir():
-        return
-    for child in server.prune_dir.iterdir():
+def empty_dir(path: Path | None) -> bool:
+    """Remove what is in the folder (not the folder); True if there was anything."""
+    if path is None or not path.is_dir():
+        return False
+    children = list(path.iterdir())
+    for child in children:
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child, ignore_errors=True)
         else:
             child.unlink(missing_ok=True)
+    return bool(children)
+
+
+def dir_bytes(path: Path | None) -> int:
+    """Size of the files under the folder."""
+    total = 0
+    if path is not None and path.is_dir():
+        for p in path.rglob("*"):
+            with contextlib.suppress(OSError):
+                if p.is_file() and not p.is_symlink():
+                    total += p.stat().st_size
+    return total
+
+
+def dirty_mib() -> float:
+    """Page cache waiting for or under writeback, machine-wide (/proc/meminfo), in MiB."""
+    try:
+        info = Path("/proc/meminfo").read_text()
+    except OSError:
+        return 0.0
+    return sum(int(kb) for kb in re.findall(r"^(?:Dirty|Writeback):\s+(\d+) kB", info, re.M)) / 1024
 
 
 # ---------------------------------------------------------------- clients
@@ -473,6 +552,32 @@ def tus_delete(location: str) -> bool:
         return False
 
 
+def listed_uploads(server: Server, issues: list[str]) -> list[str]:
+    """tus URLs of the uploads the server's status API lists with bytes left (tusload.py does
+    not report where its uploads are)."""
+    urls: list[str] = []
+    if server.list_url is None:
+        return urls
+    query: dict[str, str] = {"limit": "500"}
+    try:
+        while True:
+            with urllib.request.urlopen(
+                f"{server.list_url}?{urllib.parse.urlencode(query)}", timeout=30
+            ) as r:
+                page = json.load(r)
+            urls += [
+                urllib.parse.urljoin(server.list_url, item["links"]["tus"])
+                for item in page["items"]
+                if item["state"] not in GONE_STATES
+            ]
+            if not page.get("next_cursor"):
+                return urls
+            query["cursor"] = page["next_cursor"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        issues.append(f"listing its uploads failed: {exc!r}")
+        return urls
+
+
 def bench_file(server: Server, bench_dir: Path, path: Path, chunk_mib: int, timeout: float) -> dict[str, Any]:
     argv = [
         sys.executable,
@@ -485,18 +590,15 @@ def bench_file(server: Server, bench_dir: Path, path: Path, chunk_mib: int, time
     ]
     kv = parse_kv(run_client(argv, timeout))
     hwm = tree_hwm(server.pid)
-    result: dict[str, Any] = {
+    return {
         "mib_s": float(kv["mib_s"]),
         "seconds": float(kv["seconds"]),
         "chunk_mib": chunk_mib,
         "peak_rss_mib": round(sum(hwm.values()), 1),
         "peak_rss_main_mib": float(kv.get("peak_rss_mib", "nan")),
         "peak_rss_by_pid": hwm,
+        "location": kv["location"],
     }
-    location = kv.get("location")
-    if location and not tus_delete(location):
-        result["delete_failed"] = True
-    return result
 
 
 def bench_load(
@@ -521,12 +623,30 @@ def bench_load(
     return {k: float(v) for k, v in kv.items()} | {"peak_rss_mib": sum(tree_hwm(server.pid).values())}
 
 
-def after_run(server: Server) -> None:
-    """Between measurements: let the server finish its own work, empty the peer's upload
-    folder, flush dirty pages so one run's writeback does not land in the next one."""
-    server.settle()
-    prune_dir_contents(server)
+def after_run(server: Server, res: Results, what: str, locations: Sequence[str] = ()) -> None:
+    """Between measurements: let the server finish its own work (checksums, processing), delete
+    every upload the run made (those at ``locations``, those its status API still lists; a
+    peer's upload folder is emptied), flush dirty pages so that one run's writeback does not
+    land in the next one, then check that nothing is left. Problems go to the report."""
+    issues: list[str] = []
+    if not server.settle():
+        issues.append("did not go idle")
+    failed = [loc for loc in locations if not tus_delete(loc)]
+    failed += [loc for loc in listed_uploads(server, issues) if not tus_delete(loc)]
+    if failed:
+        issues.append(f"DELETE failed for {len(failed)} upload(s), e.g. {failed[0]}")
+    if server.prune:
+        empty_dir(server.uploads_dir)
     os.sync()
+    if left := dir_bytes(server.uploads_dir):
+        issues.append(f"{left / MIB:.1f} MiB of uploads left in {server.uploads_dir}")
+    dirty = dirty_mib()
+    res.meta["dirty_after_sync_max_mib"] = round(max(dirty, res.meta.get("dirty_after_sync_max_mib", 0)), 1)
+    if dirty > DIRTY_WARN_MIB:
+        issues.append(f"{dirty:.0f} MiB of page cache still dirty right after sync")
+    for issue in issues:
+        log(f"{server.label}, {what}: {issue}")
+        res.cleanup_issues.append(f"{server.label}, {what}: {issue}")
 
 
 def ensure_random_file(size_mib: int) -> Path:
@@ -554,6 +674,7 @@ class Results:
     load: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     rss_flatness: list[dict[str, Any]] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
+    cleanup_issues: list[str] = field(default_factory=list)
 
     def add(self, size: int, test: str, key: str, sample: dict[str, Any]) -> None:
         self.throughput.setdefault(size, {}).setdefault(test, {}).setdefault(key, []).append(sample)
@@ -571,11 +692,14 @@ def rotated(items: list[Server], k: int) -> list[Server]:
 def measure_alternating(
     servers: list[Server], args: argparse.Namespace, bench_dir: Path, res: Results
 ) -> None:
+    width = max(len(s.label) for s in servers)
     for s in servers:  # same warm-up for everyone: imports, JIT, connection pools
         bench_load(s, bench_dir, args, uploads=32, size_kib=64)
-        after_run(s)
-    turn = 0
+        after_run(s, res, "warm-up")
     for rep in range(args.repeats):
+        # Each measurement starts with the next server than before, and each round one place
+        # further than the last: the same test never keeps one order, however many servers.
+        turn = rep
         for size in args.sizes_mib:
             path = ensure_random_file(size)
             for test, chunk in tests_for(size):
@@ -584,28 +708,28 @@ def measure_alternating(
                     r["repeat"] = rep
                     res.add(size, test, s.key, r)
                     log(
-                        f"{s.label:28} {size} MiB {test:13} {r['mib_s']:7.1f} MiB/s "
+                        f"{s.label:{width}} {size} MiB {test:13} {r['mib_s']:7.1f} MiB/s "
                         f"peak RSS {r['peak_rss_mib']:.0f} MiB"
-                        + (" (DELETE failed)" if r.get("delete_failed") else "")
                     )
-                    after_run(s)
+                    after_run(s, res, f"{size} MiB {test}", [r["location"]])
                 turn += 1
         for s in rotated(servers, turn):
             r = bench_load(s, bench_dir, args)
             r["repeat"] = rep
             res.load.setdefault(s.key, []).append(r)
             log(
-                f"{s.label:28} load {r['uploads_s']:.1f} uploads/s p50 {r['p50_ms']:.1f} ms "
+                f"{s.label:{width}} load {r['uploads_s']:.1f} uploads/s p50 {r['p50_ms']:.1f} ms "
                 f"p99 {r['p99_ms']:.1f} ms"
             )
-            after_run(s)
+            after_run(s, res, "load")
         turn += 1
 
 
 def measure_rss_flatness(args: argparse.Namespace, bench_dir: Path, work_dir: Path, res: Results) -> None:
+    """Our default configuration, a fresh process per file size."""
     for size in args.rss_sizes_mib:
         path = ensure_random_file(size)
-        with OurServer(args, work_dir, f"rss-{size}").running() as s:
+        with OurServer(args, work_dir, args.variants[0], args.port, f"rss-{size}").running() as s:
             r = bench_file(s, bench_dir, path, 64, args.client_timeout)
             r["size_mib"] = size
             res.rss_flatness.append(r)
@@ -613,7 +737,7 @@ def measure_rss_flatness(args: argparse.Namespace, bench_dir: Path, work_dir: Pa
                 f"RSS flatness: {size} MiB file, fresh server: peak RSS "
                 f"{r['peak_rss_mib']:.0f} MiB, {r['mib_s']:.1f} MiB/s"
             )
-        os.sync()
+            after_run(s, res, f"RSS check {size} MiB", [r["location"]])
 
 
 # ---------------------------------------------------------------- report
@@ -649,10 +773,10 @@ def summary(res: Results, size: int) -> dict[str, dict[str, float | None]]:
     return by_server
 
 
-def ratios(rows: dict[str, dict[str, float | None]], base: str) -> dict[str, float | None]:
+def ratios(rows: dict[str, dict[str, float | None]], key: str, base: str) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for col, _ in COLUMNS:
-        a, b = rows.get(OURS, {}).get(col), rows.get(base, {}).get(col)
+        a, b = rows.get(key, {}).get(col), rows.get(base, {}).get(col)
         out[col] = round(a / b, 3) if a is not None and b else None
     return out
 
@@ -680,14 +804,14 @@ def markdown(res: Results, args: argparse.Namespace) -> tuple[str, dict[str, Any
         for key, row in rows.items():
             lines.append(f"| {res.labels[key]} | " + " | ".join(fmt(row[c]) for c, _ in COLUMNS) + " |")
         size_out: dict[str, Any] = {"servers": rows, "ratios": {}}
-        for base in (NODE_FILE, TUSPY):
-            if OURS in rows and base in rows:
-                rat = ratios(rows, base)
-                size_out["ratios"][f"ours/{base}"] = rat
-                short = "@tus-file" if base == NODE_FILE else base
-                lines.append(
-                    f"| ours / {short} | " + " | ".join(fmt(rat[c], ratio=True) for c, _ in COLUMNS) + " |"
-                )
+        for variant in args.variants:
+            for base in (NODE_FILE, TUSPY):
+                if variant.key in rows and base in rows:
+                    rat = ratios(rows, variant.key, base)
+                    size_out["ratios"][f"{variant.key}/{base}"] = rat
+                    short = "@tus-file" if base == NODE_FILE else base
+                    cells = " | ".join(fmt(rat[c], ratio=True) for c, _ in COLUMNS)
+                    lines.append(f"| {variant.label} / {short} | {cells} |")
         out["sizes"][str(size)] = size_out
         lines.append("")
     if res.rss_flatness:
@@ -709,6 +833,15 @@ def markdown(res: Results, args: argparse.Namespace) -> tuple[str, dict[str, Any
             "",
         ]
         out["rss_flatness"] = {"runs": res.rss_flatness, "growth_mib": round(growth, 1)}
+    if res.cleanup_issues:
+        lines += ["### Problems between runs", "", *(f"- {x}" for x in res.cleanup_issues), ""]
+    else:
+        lines += [
+            "Between runs: servers idle, every upload deleted, no upload bytes left, page cache "
+            "written back (sync).",
+            "",
+        ]
+    out["cleanup_issues"] = res.cleanup_issues
     return "\n".join(lines), out
 
 
@@ -717,6 +850,16 @@ def markdown(res: Results, args: argparse.Namespace) -> tuple[str, dict[str, Any
 
 def csv_ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x.strip()]
+
+
+def parse_variant(spec: str) -> tuple[str, tuple[str, ...]]:
+    """``LABEL:KEY=VALUE[,KEY=VALUE...]`` -> (label, ("KEY=VALUE", ...)). The label ends at the
+    first colon followed by ``KEY=``, and a comma separates only before ``KEY=``: values may
+    hold colons and commas."""
+    m = re.fullmatch(rf"(.+?):({ENV_NAME}=.*)", spec, re.S)
+    if not m or not m.group(1).strip():
+        raise argparse.ArgumentTypeError(f"expected LABEL:KEY=VALUE[,KEY=VALUE...], got {spec!r}")
+    return m.group(1).strip(), tuple(re.split(rf",(?={ENV_NAME}=)", m.group(2)))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -781,8 +924,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="extra environment for our server (placeholders as --server-cmd)",
     )
     ap.add_argument("--label", default="uploader (ours)", help="name of our server in the table")
+    ap.add_argument(
+        "--variant",
+        dest="extra_variants",
+        type=parse_variant,
+        action="append",
+        default=[],
+        metavar="LABEL:KEY=VALUE,...",
+        help="also measure our server with this extra environment (after --server-env; "
+        "placeholders as --server-cmd) as the row LABEL, alternated with the others; "
+        "repeatable, each on the next port",
+    )
     ap.add_argument("--port", type=int, default=18090)
     ap.add_argument("--files-path", default="/files/", help="tus endpoint path of our server")
+    ap.add_argument(
+        "--list-path",
+        default=DEFAULT_LIST_PATH,
+        help="GET path of our server listing its uploads, to delete those tusload.py made; empty: none",
+    )
     ap.add_argument(
         "--health-path",
         default="/healthz",
@@ -800,6 +959,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ap.error("--skip-peers and --only-peers exclude each other")
     if unknown := [p for p in a.peers if p not in PEERS]:
         ap.error(f"unknown peers {unknown}; known: {', '.join(PEERS)}")
+    if a.only_peers and a.extra_variants:
+        ap.error("--variant measures our server, which --only-peers leaves out")
+    a.variants = [] if a.only_peers else [Variant(OURS, a.label)]
+    a.variants += [Variant(f"{OURS}-{i}", label, env) for i, (label, env) in enumerate(a.extra_variants, 1)]
+    labels = [v.label for v in a.variants] + [PEERS[p].label for p in a.peers]
+    if dup := {x for x in labels if labels.count(x) > 1}:
+        ap.error(f"labels must differ: {sorted(dup)}")
+    peer_ports = {spec.port for spec in PEERS.values()} | set(PEER_SIDECAR_PORTS.values())
+    if clash := peer_ports & set(range(a.port, a.port + len(a.variants))):
+        ap.error(f"ports {sorted(clash)} of ours (--port and the next ones) belong to the peers")
     for script in ("tusbench.py", "tusload.py"):
         if not (a.peers_bench_dir / script).exists():
             ap.error(f"{a.peers_bench_dir / script} not found (see --peers-bench-dir)")
@@ -835,6 +1004,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "loadavg_start": os.getloadavg(),
             "python": sys.version.split()[0],
             "server_cmd": args.server_cmd,
+            "server_env": args.server_env,
+            "variants": {v.key: {"label": v.label, "env": list(v.env)} for v in args.variants},
             "git": git_state(),
             "sizes_mib": args.sizes_mib,
             "repeats": args.repeats,
@@ -846,30 +1017,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     )
     peers = None if args.skip_peers else Peers(bench_dir, args.peers_dir.resolve(), args.peers)
-    ours = None if args.only_peers else OurServer(args, work_dir, "main")
+    ours = [OurServer(args, work_dir, v, args.port + i) for i, v in enumerate(args.variants)]
     ok = False
     try:
         for size in sorted(
             set(args.sizes_mib + ([] if args.only_peers or args.skip_rss else args.rss_sizes_mib))
         ):
             ensure_random_file(size)
-        servers: list[Server] = []
-        if ours:
-            servers.append(ours.start())
+        servers = [o.start() for o in ours]
         if peers:
             peers.start()
             servers += [peers.servers[n] for n in args.peers]
         res.labels = {s.key: s.label for s in servers}
         res.meta["pids"] = {s.key: s.pid for s in servers}
         measure_alternating(servers, args, bench_dir, res)
-        if ours:
-            ours.stop()
-            if not args.skip_rss:
-                measure_rss_flatness(args, bench_dir, work_dir, res)
+        for o in ours:
+            o.stop()
+        if ours and not args.skip_rss:
+            measure_rss_flatness(args, bench_dir, work_dir, res)
         ok = True
     finally:
-        if ours:
-            ours.stop()
+        for o in ours:
+            o.stop()
         if peers:
             peers.stop()
         if (ok and not args.keep_work_dir) or not any(work_dir.iterdir()):

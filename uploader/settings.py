@@ -63,9 +63,11 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         default=None, description="Base URL for Location headers when behind a proxy."
     )
-    digest_while_receiving: bool = Field(
-        default=True,
-        description="Compute SHA-256 as bytes arrive (no second read); off moves that CPU to processing.",
+    inline_digest_max_bytes: int = Field(
+        default=64 * MiB,
+        ge=0,
+        description="Uploads up to this length get their SHA-256 while the bytes arrive; larger "
+        "ones (and 0 here: all) are hashed by processing, off the receiving path.",
     )
     process_uploads: bool = Field(default=True, description="Run the processing pipeline on completion.")
 

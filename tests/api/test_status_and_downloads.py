@@ -232,9 +232,9 @@ async def test_sha256_is_known_the_moment_the_last_chunk_lands(app_client: httpx
     assert upload.sha256 == hashlib.sha256(data).hexdigest()
 
 
-async def test_without_inline_digest_processing_computes_sha256(settings: Settings) -> None:
+async def test_past_the_inline_digest_size_processing_computes_sha256(settings: Settings) -> None:
     data = os.urandom(100_000)
-    async with in_process_client(settings.model_copy(update={"digest_while_receiving": False})) as client:
+    async with in_process_client(settings.model_copy(update={"inline_digest_max_bytes": 99_999})) as client:
         path = await upload_bytes(client, data, chunk=30_000)
         ready = await wait_for_state(client, upload_id(path), "ready")
         assert ready["sha256"] == hashlib.sha256(data).hexdigest()

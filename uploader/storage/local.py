@@ -45,72 +45,62 @@ class LocalUpload:
         checkpoint: Checkpoint | None = None,
         digest: RunningDigest | None = None,
     ) -> int:
-        fd = self._open_for_write(offset)
         loop = asyncio.get_running_loop()
+        sink = _FileSink(self, offset)
         in_flight: asyncio.Future[Any] | None = None
         in_flight_size = 0
 
         async def settle() -> None:
             # Count a batch only once the kernel has it.
-            nonlocal in_flight, in_flight_size
+            nonlocal in_flight
             if in_flight is not None:
                 await asyncio.shield(in_flight)
                 in_flight = None
                 progress.written += in_flight_size
 
+        def submit(buffers: list[bytes], size: int, last: bool) -> asyncio.Future[Any]:
+            # Writing and hashing both release the GIL: each gets a thread.
+            write = loop.run_in_executor(None, sink.write, buffers, size, last)
+            if digest is None:
+                return write
+            return asyncio.gather(write, loop.run_in_executor(_HASHER, digest.update, buffers))
+
+        pending: list[bytes] = []
+        pending_size = 0
+        recorded = offset
         try:
-            # Bytes past the recorded offset were never acknowledged (a crash mid-write).
-            os.ftruncate(fd, offset)
-            os.lseek(fd, offset, os.SEEK_SET)
-            pending: list[bytes] = []
-            pending_size = 0
-            recorded = offset
-            try:
-                async for chunk in body:
-                    pending.append(chunk)
-                    pending_size += len(chunk)
-                    if pending_size < WRITE_BATCH and len(pending) < _MAX_IOV:
-                        continue
-                    await settle()
-                    # One batch is written (and hashed) by threads while the next one arrives.
-                    in_flight = self._submit(loop, fd, pending, pending_size, digest)
-                    in_flight_size = pending_size
-                    pending, pending_size = [], 0
-                    durable = offset + progress.written
-                    if checkpoint is not None and durable - recorded >= self.checkpoint_bytes:
-                        recorded = durable
-                        await checkpoint(durable)
-                if pending:  # the rest, off the loop too (hashing it is not free)
-                    await settle()
-                    in_flight = self._submit(loop, fd, pending, pending_size, digest)
-                    in_flight_size = pending_size
-                    pending, pending_size = [], 0
-            finally:
+            async for chunk in body:
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size < WRITE_BATCH and len(pending) < _MAX_IOV:
+                    continue
                 await settle()
-                if pending:
-                    _write_all(fd, pending, pending_size, digest)
-                    progress.written += pending_size
+                # One batch is written by a thread while the next one arrives.
+                in_flight, in_flight_size = submit(pending, pending_size, last=False), pending_size
+                pending, pending_size = [], 0
+                durable = offset + progress.written
+                if checkpoint is not None and durable - recorded >= self.checkpoint_bytes:
+                    recorded = durable
+                    await checkpoint(durable)
+            await settle()
+            if pending:  # a small body is opened, written and closed by one thread job
+                in_flight, in_flight_size = submit(pending, pending_size, last=True), pending_size
+                pending, pending_size = [], 0
+            await settle()
         finally:
             if in_flight is not None and not in_flight.done():
                 # Cancelled while a thread still writes: close the file after it.
-                in_flight.add_done_callback(lambda _: os.close(fd))
+                in_flight.add_done_callback(lambda _: sink.close())
             else:
-                os.close(fd)
+                with contextlib.suppress(BaseException):
+                    await settle()
+                if pending:  # what arrived before a failure still counts
+                    sink.write(pending, pending_size, last=False)
+                    if digest is not None:
+                        digest.update(pending)
+                    progress.written += pending_size
+                sink.close()
         return progress.written
-
-    @staticmethod
-    def _submit(
-        loop: asyncio.AbstractEventLoop,
-        fd: int,
-        buffers: list[bytes],
-        size: int,
-        digest: RunningDigest | None,
-    ) -> asyncio.Future[Any]:
-        """Write a batch on one thread and hash it on another: both release the GIL."""
-        write = loop.run_in_executor(None, _write_all, fd, buffers, size, None)
-        if digest is None:
-            return write
-        return asyncio.gather(write, loop.run_in_executor(_HASHER, digest.update, buffers))
 
     def _open_for_write(self, offset: int) -> int:
         """The upload's file; created by the first write (offset 0), so creation costs nothing."""
@@ -179,9 +169,35 @@ class LocalUpload:
         return None
 
 
-def _write_all(fd: int, buffers: list[bytes], total: int, digest: RunningDigest | None) -> None:
-    if digest is not None:
-        digest.update(buffers)  # hashlib releases the GIL: this runs beside the event loop
+class _FileSink:
+    """The upload's file as one write sees it, opened by the thread of its first batch.
+
+    Creating and opening a file can take a while on some filesystems; none of it runs on
+    the event loop, and a small body is opened, written and closed by one thread job.
+    """
+
+    def __init__(self, upload: LocalUpload, offset: int) -> None:
+        self.upload = upload
+        self.offset = offset
+        self.fd: int | None = None
+
+    def write(self, buffers: list[bytes], size: int, last: bool) -> None:
+        if self.fd is None:
+            self.fd = self.upload._open_for_write(self.offset)
+            # Bytes past the recorded offset were never acknowledged (a crash mid-write).
+            os.ftruncate(self.fd, self.offset)
+            os.lseek(self.fd, self.offset, os.SEEK_SET)
+        _write_all(self.fd, buffers, size)
+        if last:
+            self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
+def _write_all(fd: int, buffers: list[bytes], total: int) -> None:
     try:
         written = os.writev(fd, buffers)
         if written < total:

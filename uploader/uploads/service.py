@@ -77,6 +77,11 @@ class UploadService:
             return RunningDigest()
         return digest if digest is not None and digest.covered == offset else None
 
+    def _digest_inline(self, upload: Upload) -> bool:
+        # Hashing while receiving saves a second read but costs the receiving path CPU;
+        # past a size the API is better off leaving it to processing.
+        return upload.length is not None and upload.length <= self.settings.inline_digest_max_bytes
+
     def _keep_digest(self, upload_id: str, digest: RunningDigest) -> None:
         self._digests[upload_id] = digest
         while len(self._digests) > MAX_RUNNING_DIGESTS:
@@ -247,7 +252,7 @@ class UploadService:
     async def _write(self, upload: Upload, offset: int, body: RequestBody, checksum: Checksum | None) -> None:
         stored = await self.store.find(upload.storage_key)
         progress = WriteProgress()
-        digest = self._digest_at(upload.id, offset) if self.settings.digest_while_receiving else None
+        digest = self._digest_at(upload.id, offset) if self._digest_inline(upload) else None
 
         async def checkpoint(durable_offset: int) -> None:
             await self.db.run(

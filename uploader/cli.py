@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Sequence
 from types import FrameType
@@ -29,9 +30,12 @@ class _GracefulServer(uvicorn.Server):
 
 def _serve(settings: Settings, host: str, port: int) -> int:
     from uploader.app import create_app
-    from uploader.db.migrate import upgrade_to_head
 
-    upgrade_to_head(settings.resolved_database_url)
+    # Migrations run in a child process: the server never holds Alembic in memory (~13 MiB).
+    migrated = subprocess.run([sys.executable, "-m", "uploader", "migrate"], check=False)
+    if migrated.returncode != 0:
+        log.error("database.migration_failed", exit_code=migrated.returncode)
+        return migrated.returncode
     config = uvicorn.Config(
         create_app(settings),
         host=host,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import math
 from collections import OrderedDict, deque
@@ -131,30 +132,31 @@ class S3Upload:
         # Tails of other offsets are leftovers of crashed or rejected writes.
         await self._drop_tails(keep=offset)
         carried = offset % size
-        buffer = bytearray(await self.store.get_bytes(self._tail_key(offset)) if carried else b"")
-        if len(buffer) != carried:
-            raise StorageUnavailable(f"tail of {self.key} holds {len(buffer)} bytes, expected {carried}")
+        tail = await self.store.get_bytes(self._tail_key(offset)) if carried else b""
+        if len(tail) != carried:
+            raise StorageUnavailable(f"tail of {self.key} holds {len(tail)} bytes, expected {carried}")
+        # The received chunks themselves wait for a part to fill: a part is copied once.
+        pending = _Chunks([tail] if tail else [])
         part_start = offset - carried
         writer = _PartWriter(self, info, progress, offset, checkpoint)
-        fresh = carried  # where this request's own bytes start in ``buffer`` (for the digest)
+        fresh = carried  # where this request's own bytes start (the digest has the tail's)
         try:
             async for chunk in body:
-                buffer += chunk
-                while len(buffer) >= size:
-                    with memoryview(buffer) as view:
-                        part = bytes(view[:size])
-                    del buffer[:size]
+                pending.append(chunk)
+                while pending.size >= size:
+                    part = pending.take(size)
                     if digest is not None:
                         await asyncio.to_thread(digest.update, [memoryview(part)[fresh:]])
                     fresh = 0
                     await writer.submit(part_start // size + 1, part, part_start + size)
                     part_start += size
             await writer.drain()
-            end = part_start + len(buffer)
-            if buffer and end != offset:
+            end = part_start + pending.size
+            if pending.size and end != offset:
+                rest = pending.take(pending.size)
                 if digest is not None:
-                    await asyncio.to_thread(digest.update, [memoryview(buffer)[fresh:]])
-                await self.store.put_bytes(self._tail_key(end), bytes(buffer))
+                    await asyncio.to_thread(digest.update, [memoryview(rest)[fresh:]])
+                await self.store.put_bytes(self._tail_key(end), rest)
                 progress.written = end - offset
         finally:
             await writer.close()
@@ -287,7 +289,8 @@ class S3Upload:
                 Key=self.object_key,
                 UploadId=info.multipart_id,
                 PartNumber=number,
-                Body=data,
+                Body=_PartBody(data),
+                ContentLength=len(data),
             )
         )
 
@@ -320,6 +323,69 @@ class S3Upload:
                     Bucket=self.store.bucket, Key=self.object_key, UploadId=info.multipart_id
                 )
             )
+
+
+class _Chunks:
+    """Received chunks waiting to fill a part, kept as they came (no copy until a part)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = deque(chunks)
+        self.size = sum(len(c) for c in chunks)
+
+    def append(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+
+    def take(self, count: int) -> bytes:
+        """The first ``count`` bytes, as one object."""
+        taken: list[bytes] = []
+        needed = count
+        while needed:
+            chunk = self.chunks.popleft()
+            if len(chunk) > needed:
+                taken.append(chunk[:needed])
+                self.chunks.appendleft(chunk[needed:])
+                needed = 0
+            else:
+                taken.append(chunk)
+                needed -= len(chunk)
+        self.size -= count
+        return taken[0] if len(taken) == 1 else b"".join(taken)
+
+
+class _PartBody(io.RawIOBase):
+    """A part's bytes as a seekable stream: the HTTP client reads it without a copy of its own.
+
+    (Given plain bytes, botocore wraps them in a BytesIO that aiohttp then copies whole.)
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self._view = memoryview(data)
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = min(len(buffer), len(self._view) - self._position)
+        buffer[:count] = self._view[self._position : self._position + count]
+        self._position += count
+        return count
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def __len__(self) -> int:
+        return len(self._view)
 
 
 class _PartWriter:

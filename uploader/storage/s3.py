@@ -370,6 +370,14 @@ class _PartBody(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
+    def read(self, size: int = -1) -> Any:
+        # Slices of the part, not copies: the signer, the checksum and the socket only
+        # need a buffer to look at.
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._position + size)
+        chunk = self._view[self._position : end]
+        self._position = end
+        return chunk
+
     def readinto(self, buffer: Any) -> int:
         count = min(len(buffer), len(self._view) - self._position)
         buffer[:count] = self._view[self._position : self._position + count]

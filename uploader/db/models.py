@@ -1,13 +1,24 @@
-"""ORM models, kept together to avoid import cycles between domains."""
+"""The schema (Core tables) and the plain row objects the service works with."""
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, String, Text, TypeDecorator
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -39,10 +50,6 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
 class UploadState(enum.StrEnum):
     CREATED = "created"
     RECEIVING = "receiving"
@@ -66,28 +73,56 @@ class ConcatRole(enum.StrEnum):
     FINAL = "final"
 
 
-class Upload(Base):
-    __tablename__ = "uploads"
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
+uploads = Table(
+    "uploads",
+    metadata,
     # Internal monotonic key: stable cursor pagination without exposing row counts.
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(32), unique=True, index=True)
-    owner: Mapped[str] = mapped_column(String(200), index=True)
-    state: Mapped[str] = mapped_column(String(20), default=UploadState.CREATED)
-    length: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    offset: Mapped[int] = mapped_column(BigInteger, default=0)
-    storage_key: Mapped[str] = mapped_column(String(200))
-    meta: Mapped[dict[str, str | None]] = mapped_column(JSON, default=dict)
-    filename: Mapped[str | None] = mapped_column(Text, nullable=True)
-    declared_type: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    concat_role: Mapped[str] = mapped_column(String(10), default=ConcatRole.NONE)
-    concat_parts: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
-    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
-    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
-    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(32), nullable=False, unique=True, index=True),
+    Column("owner", String(200), nullable=False, index=True),
+    Column("state", String(20), nullable=False),
+    Column("length", BigInteger, nullable=True),
+    Column("offset", BigInteger, nullable=False),
+    Column("storage_key", String(200), nullable=False),
+    Column("meta", JSON, nullable=False),
+    Column("filename", Text, nullable=True),
+    Column("declared_type", String(255), nullable=True),
+    Column("concat_role", String(10), nullable=False),
+    Column("concat_parts", JSON, nullable=True),
+    Column("sha256", String(64), nullable=True),
+    Column("failure_reason", Text, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=True, index=True),
+    Column("completed_at", UTCDateTime(), nullable=True),
+)
+
+
+@dataclass(slots=True, kw_only=True)
+class Upload:
+    """One row of ``uploads``: a plain object (rows never live in an ORM session, and
+    attribute instrumentation cost more than it gave on the hot path)."""
+
+    id: str
+    owner: str
+    storage_key: str
+    state: str = UploadState.CREATED
+    length: int | None = None
+    offset: int = 0
+    meta: dict[str, str | None] = field(default_factory=dict)
+    filename: str | None = None
+    declared_type: str | None = None
+    concat_role: str = ConcatRole.NONE
+    concat_parts: list[str] | None = None
+    sha256: str | None = None
+    failure_reason: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    expires_at: datetime | None = None
+    completed_at: datetime | None = None
+    seq: int | None = None
 
     @property
     def is_complete(self) -> bool:

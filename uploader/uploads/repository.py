@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Row, Select, Table, Update, bindparam, select, update
+from sqlalchemy import Connection, Row, Select, Update, bindparam, select, update
 from sqlalchemy import insert as sql_insert
 
-from uploader.db.models import ConcatRole, Upload, UploadState, utcnow
+from uploader.db.models import ConcatRole, Upload, UploadState, uploads, utcnow
 
-_uploads = cast(Table, Upload.__table__)
+_uploads = uploads
 _c = _uploads.c
 _INSERT = sql_insert(_uploads)
 _GET = select(_uploads).where(_c.id == bindparam("key"))

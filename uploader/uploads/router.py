@@ -41,7 +41,8 @@ async def list_uploads(
     uploads = await service_of(request).list_page(principal.name, before, limit + 1)
     tus_path = request.app.state.settings.tus_path
     items = [UploadStatus.of(u, tus_path) for u in uploads[:limit]]
-    next_cursor = encode_cursor(uploads[limit - 1].seq) if len(uploads) > limit else None
+    last_seq = uploads[limit - 1].seq if len(uploads) > limit else None
+    next_cursor = encode_cursor(last_seq) if last_seq is not None else None
     return UploadPage(items=items, next_cursor=next_cursor)
 
 

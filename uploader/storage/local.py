@@ -59,7 +59,10 @@ class LocalUpload:
                 progress.written += in_flight_size
 
         def submit(buffers: list[bytes], size: int, last: bool) -> asyncio.Future[Any]:
-            # Writing and hashing both release the GIL: each gets a thread.
+            if digest is not None and last and size < WRITE_BATCH:
+                # A small last batch: one thread job writes and hashes it (one hop, not two).
+                return loop.run_in_executor(None, sink.write_and_hash, buffers, size, digest)
+            # Writing and hashing both release the GIL: a big batch gets a thread for each.
             write = loop.run_in_executor(None, sink.write, buffers, size, last)
             if digest is None:
                 return write
@@ -190,6 +193,10 @@ class _FileSink:
         _write_all(self.fd, buffers, size)
         if last:
             self.close()
+
+    def write_and_hash(self, buffers: list[bytes], size: int, digest: RunningDigest) -> None:
+        self.write(buffers, size, last=True)
+        digest.update(buffers)
 
     def close(self) -> None:
         if self.fd is not None:

@@ -180,7 +180,6 @@ class S3Upload:
         await self._drop_tails(keep=offset)
 
     async def finish(self, length: int) -> None:
-        client, bucket = self.store.client, self.store.bucket
         try:
             info = await self.info()
         except StorageUnavailable as exc:
@@ -196,18 +195,8 @@ class S3Upload:
             await self.store.put_bytes(self.object_key, b"")
             await self._abort(info)
         else:
-            parts = await self._listed_parts(info, count)
-            await _s3(
-                client.complete_multipart_upload(
-                    Bucket=bucket,
-                    Key=self.object_key,
-                    UploadId=info.multipart_id,
-                    MultipartUpload={"Parts": parts},
-                )
-            )
+            await self._complete_multipart(info, await self._listed_parts(info, count))
         await self._drop_tails(keep=None)
-        await self.store.delete(f"{self.object_key}.info")
-        self._forget_info()
 
     async def terminate(self) -> None:
         with contextlib.suppress(StorageUnavailable):
@@ -252,16 +241,7 @@ class S3Upload:
                 )
             )
             completed.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
-        await _s3(
-            client.complete_multipart_upload(
-                Bucket=bucket,
-                Key=self.object_key,
-                UploadId=info.multipart_id,
-                MultipartUpload={"Parts": completed},
-            )
-        )
-        await self.store.delete(f"{self.object_key}.info")
-        self._forget_info()
+        await self._complete_multipart(info, completed)
 
     async def _concatenate_by_streaming(self, parts: list[StoredUpload], lengths: list[int]) -> None:
         async def joined() -> AsyncIterator[bytes]:
@@ -293,6 +273,19 @@ class S3Upload:
                 ContentLength=len(data),
             )
         )
+
+    async def _complete_multipart(self, info: _Info, parts: list[dict[str, Any]]) -> None:
+        """The object appears; the upload's bookkeeping goes."""
+        await _s3(
+            self.store.client.complete_multipart_upload(
+                Bucket=self.store.bucket,
+                Key=self.object_key,
+                UploadId=info.multipart_id,
+                MultipartUpload={"Parts": parts},
+            )
+        )
+        await self.store.delete(f"{self.object_key}.info")
+        self._forget_info()
 
     async def _listed_parts(self, info: _Info, count: int) -> list[dict[str, Any]]:
         found: dict[int, str] = {}

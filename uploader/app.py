@@ -12,6 +12,8 @@ from starlette.middleware.cors import CORSMiddleware
 from uploader import __version__
 from uploader.db.engine import Database
 from uploader.downloads.router import router as downloads_router
+from uploader.events.bus import LocalEventBus
+from uploader.events.router import router as events_router
 from uploader.health.router import router as health_router
 from uploader.kit.errors import install_error_handlers
 from uploader.kit.logging import get_logger
@@ -75,13 +77,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = Database(settings.resolved_database_url)
         store = build_store(settings)
         await store.start()
-        processor = EmbeddedProcessor(db, store) if settings.process_uploads else None
+        events = LocalEventBus()
+        processor = EmbeddedProcessor(db, store, events) if settings.process_uploads else None
         service = UploadService(
             settings,
             db,
             store,
             LocalLocker(settings.lock_timeout_seconds),
             processor=processor,
+            events=events,
         )
         app.state.db = db
         app.state.uploads = service
@@ -113,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(build_tus_router(settings.tus_path))
     app.include_router(uploads_router)
     app.include_router(downloads_router)
+    app.include_router(events_router)
     app.include_router(health_router)
     app.add_middleware(
         CORSMiddleware,

@@ -17,6 +17,7 @@ from typing import Any
 
 from uploader.db.engine import Database
 from uploader.db.models import ConcatRole, Upload, UploadState, utcnow
+from uploader.events.bus import EventBus, LocalEventBus
 from uploader.kit.errors import ProblemError
 from uploader.kit.logging import get_logger
 from uploader.processing.base import Processor
@@ -49,6 +50,17 @@ class Checksum:
     hasher: Any
 
 
+def event_data(upload: Upload) -> dict[str, Any]:
+    """What every event says about its upload (the status endpoint has the rest)."""
+    return {
+        "state": str(upload.state),
+        "offset": upload.offset,
+        "length": upload.length,
+        "sha256": upload.sha256,
+        "failure_reason": upload.failure_reason,
+    }
+
+
 def new_upload_id() -> str:
     return secrets.token_hex(16)
 
@@ -61,8 +73,10 @@ class UploadService:
         store: UploadStore,
         locker: UploadLocker,
         processor: Processor | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self.settings = settings
+        self.events: EventBus = events or LocalEventBus()
         self.db = db
         self.store = store
         self.locker = locker
@@ -155,6 +169,7 @@ class UploadService:
         await self._storage(self.store.create(upload.storage_key, length))
         await self.db.run(lambda s: repository.insert(s, upload))
         log.debug("upload.created", upload_id=upload_id, length=length, concat=concat_role)
+        await self._publish(upload, "upload.created")
         if length == 0:
             await self._complete(upload, await self.store.find(upload.storage_key))
             await self._after_complete(upload)
@@ -258,6 +273,7 @@ class UploadService:
             await self.db.run(
                 lambda s: repository.set_fields(s, upload, offset=durable_offset, state=UploadState.RECEIVING)
             )
+            await self._publish(upload, "upload.progress")
 
         # With a checksum nothing of the request may count until it is verified.
         try:
@@ -293,6 +309,8 @@ class UploadService:
             }
             await self.db.run(lambda s: repository.set_fields(s, upload, **fields))
         log.debug("upload.chunk_written", upload_id=upload.id, offset=new_offset, bytes=progress.written)
+        if not upload.is_complete:
+            await self._publish(upload, "upload.progress")
 
     async def _rollback(self, upload: Upload, stored: StoredUpload, offset: int) -> None:
         await stored.discard_from(offset)
@@ -337,6 +355,9 @@ class UploadService:
         fields.update(state=state, completed_at=utcnow(), expires_at=expires, sha256=sha256)
         await self.db.run(lambda s: repository.set_fields(s, upload, **fields))
         log.info("upload.received", upload_id=upload.id, length=length, state=state)
+        await self._publish(upload, "upload.received")
+        if state == UploadState.READY:
+            await self._publish(upload, "upload.ready")
 
     async def _after_complete(self, upload: Upload) -> None:
         """Runs after the completing transaction committed."""
@@ -364,6 +385,7 @@ class UploadService:
             await self._storage(stored.terminate())
         await self.db.run(lambda s: repository.set_fields(s, upload, state=state, expires_at=None))
         log.info(f"upload.{state.value}", upload_id=upload.id)
+        await self._publish(upload, f"upload.{state.value}")
 
     async def expire_due(self, batch: int = 100) -> int:
         """Remove uploads whose expiry passed; returns how many were removed."""
@@ -382,6 +404,11 @@ class UploadService:
         return removed
 
     # -- helpers ---------------------------------------------------------------
+
+    async def _publish(self, upload: Upload, event_type: str) -> None:
+        if upload.concat_role == ConcatRole.PARTIAL:
+            return  # parts are an implementation detail of their final upload
+        await self.events.publish(upload.owner, upload.id, event_type, event_data(upload))
 
     def _locked(self, upload_id: str) -> Any:
         return _translate_locked(self.locker.hold(upload_id))

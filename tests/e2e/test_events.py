@@ -1,0 +1,141 @@
+"""Progress over Server-Sent Events, against a real server process."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import PATCH_HEADERS, TUS, LiveServer, start_server
+
+pytestmark = pytest.mark.e2e
+KiB = 1024
+
+
+@dataclass
+class SseEvent:
+    id: int | None
+    type: str
+    data: dict[str, object]
+
+
+def read_events(response: httpx.Response) -> Iterator[SseEvent | str]:
+    """Events as they arrive; comment lines (keep-alives) come through as strings."""
+    fields: dict[str, str] = {}
+    for line in response.iter_lines():
+        if line.startswith(":"):
+            yield line
+        elif line == "":
+            if "event" in fields:
+                yield SseEvent(
+                    id=int(fields["id"]) if "id" in fields else None,
+                    type=fields["event"],
+                    data=json.loads(fields.get("data", "{}")),
+                )
+            fields = {}
+        else:
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+
+
+def create(server: LiveServer, length: int) -> str:
+    response = httpx.post(server.tus_url, headers={**TUS, "Upload-Length": str(length)})
+    assert response.status_code == 201
+    location: str = response.headers["Location"]
+    return location
+
+
+def send(url: str, data: bytes, chunk: int) -> None:
+    for start in range(0, len(data), chunk):
+        response = httpx.patch(
+            url, content=data[start : start + chunk], headers={**PATCH_HEADERS, "Upload-Offset": str(start)}
+        )
+        assert response.status_code == 204
+
+
+def events_of(server: LiveServer, upload_id: str, **headers: str) -> list[SseEvent]:
+    with httpx.stream(
+        "GET", f"{server.url}/api/v1/uploads/{upload_id}/events", headers=headers, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return [e for e in read_events(response) if isinstance(e, SseEvent)]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LiveServer]:
+    live = start_server(tmp_path / "server", UPLOADER_CHECKPOINT_BYTES=str(64 * KiB))
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+def test_stream_follows_an_upload_to_ready_and_ends(server: LiveServer) -> None:
+    url = create(server, 600 * KiB)
+    upload_id = url.rsplit("/", 1)[-1]
+    seen: list[SseEvent] = []
+    subscribed = threading.Event()
+
+    def follow() -> None:
+        with httpx.stream("GET", f"{server.url}/api/v1/uploads/{upload_id}/events", timeout=30) as response:
+            subscribed.set()
+            seen.extend(e for e in read_events(response) if isinstance(e, SseEvent))
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    assert subscribed.wait(10)
+    send(url, os.urandom(600 * KiB), chunk=200 * KiB)
+    follower.join(30)
+    assert not follower.is_alive(), "the stream did not end after the upload was ready"
+    types = [e.type for e in seen]
+    assert types[0] == "upload.created"
+    assert types[-2:] == ["upload.received", "upload.ready"]
+    progress = [e.data["offset"] for e in seen if e.type == "upload.progress"]
+    assert progress == sorted(progress)
+    assert progress[-1] == 400 * KiB
+    ids = [e.id for e in seen]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert seen[-1].data["sha256"] is not None
+
+
+def test_late_client_gets_the_history_and_reconnects_with_last_event_id(server: LiveServer) -> None:
+    url = create(server, 300 * KiB)
+    upload_id = url.rsplit("/", 1)[-1]
+    send(url, os.urandom(300 * KiB), chunk=100 * KiB)
+    everything = events_of(server, upload_id)
+    assert everything[0].type == "upload.created"
+    assert everything[-1].type == "upload.ready"
+    middle = everything[len(everything) // 2]
+    missed = events_of(server, upload_id, **{"Last-Event-ID": str(middle.id)})
+    assert [e.id for e in missed] == [e.id for e in everything if e.id is not None and e.id > middle.id]
+    by_query = httpx.get(f"{server.url}/api/v1/uploads/{upload_id}/events?since={middle.id}", timeout=30)
+    assert by_query.text.count("event: ") == len(missed)
+
+
+def test_all_events_stream_covers_every_upload_and_keeps_alive(tmp_path: Path) -> None:
+    live = start_server(tmp_path / "server", UPLOADER_SSE_KEEPALIVE_SECONDS="0.3")
+    try:
+        with httpx.stream("GET", f"{live.url}/api/v1/events", timeout=30) as response:
+            stream = read_events(response)
+            first, second = create(live, 10), create(live, 20)
+            created = [next(e for e in stream if isinstance(e, SseEvent)) for _ in range(2)]
+            assert [e.data["upload_id"] for e in created] == [u.rsplit("/", 1)[-1] for u in (first, second)]
+            assert next(e for e in stream if isinstance(e, str)) == ": keep-alive"
+    finally:
+        live.stop()
+
+
+def test_bad_last_event_id_and_unknown_uploads(server: LiveServer) -> None:
+    url = create(server, 10)
+    bad = httpx.get(f"{url.replace('/files/', '/api/v1/uploads/')}/events", headers={"Last-Event-ID": "x"})
+    assert bad.status_code == 400
+    unknown = httpx.get(f"{server.url}/api/v1/uploads/{'0' * 32}/events")
+    assert unknown.status_code == 404

@@ -1,0 +1,106 @@
+"""The event bus: every change of an upload is an event with an ordered id.
+
+The embedded default keeps events in memory (a bounded history per upload and per
+owner); subscribers get live events through queues. Ids grow monotonically across
+restarts (they start from the clock), so a client's ``Last-Event-ID`` stays meaningful.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+TERMINAL_TYPES = frozenset({"upload.ready", "upload.failed", "upload.expired", "upload.terminated"})
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    type: str
+    upload_id: str
+    owner: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
+
+class EventBus(Protocol):
+    async def publish(self, owner: str, upload_id: str, type: str, data: dict[str, Any]) -> Event: ...
+
+    def history(self, owner: str, upload_id: str | None, after: int | None) -> list[Event]:
+        """Past events of one upload (or all of the owner's), oldest first, after an id."""
+        ...
+
+    def subscribe(self, owner: str, upload_id: str | None) -> Subscription:
+        """Live events from now on (subscribed at once, so nothing falls between history and live)."""
+        ...
+
+
+class LocalEventBus:
+    def __init__(self, per_upload: int = 1000, per_owner: int = 10_000, uploads: int = 10_000) -> None:
+        self._next_id = time.time_ns() // 1000
+        self._per_upload = per_upload
+        self._per_owner = per_owner
+        self._max_uploads = uploads
+        self._by_upload: OrderedDict[str, deque[Event]] = OrderedDict()
+        self._by_owner: dict[str, deque[Event]] = {}
+        self._subscribers: set[Subscription] = set()
+
+    async def publish(self, owner: str, upload_id: str, type: str, data: dict[str, Any]) -> Event:
+        self._next_id += 1
+        event = Event(id=self._next_id, type=type, upload_id=upload_id, owner=owner, data=data)
+        events = self._by_upload.get(upload_id)
+        if events is None:
+            events = self._by_upload[upload_id] = deque(maxlen=self._per_upload)
+            while len(self._by_upload) > self._max_uploads:
+                self._by_upload.popitem(last=False)
+        events.append(event)
+        self._by_owner.setdefault(owner, deque(maxlen=self._per_owner)).append(event)
+        for subscriber in list(self._subscribers):
+            subscriber.offer(event)
+        return event
+
+    def history(self, owner: str, upload_id: str | None, after: int | None) -> list[Event]:
+        source = self._by_upload.get(upload_id, ()) if upload_id else self._by_owner.get(owner, ())
+        return [e for e in source if e.owner == owner and (after is None or e.id > after)]
+
+    def subscribe(self, owner: str, upload_id: str | None) -> Subscription:
+        subscription = Subscription(self._subscribers, owner, upload_id)
+        self._subscribers.add(subscription)
+        return subscription
+
+
+class Subscription:
+    """Live events for one owner (or one of its uploads) until ``close()``.
+
+    A slow reader loses the oldest undelivered events rather than growing memory; it can
+    always catch up from the history with ``Last-Event-ID``.
+    """
+
+    def __init__(self, registry: set[Subscription], owner: str, upload_id: str | None) -> None:
+        self._registry = registry
+        self.owner = owner
+        self.upload_id = upload_id
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=1000)
+
+    def offer(self, event: Event) -> None:
+        if event.owner != self.owner or (self.upload_id and event.upload_id != self.upload_id):
+            return
+        if self.queue.full():
+            self.queue.get_nowait()
+        self.queue.put_nowait(event)
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await self.queue.get()
+
+    def close(self) -> None:
+        self._registry.discard(self)

@@ -1,0 +1,113 @@
+"""Server-Sent Events: ``/api/v1/uploads/{id}/events`` and ``/api/v1/events``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from starlette.responses import StreamingResponse
+
+from uploader.auth.dependencies import Principal, current_principal
+from uploader.db.models import UploadState
+from uploader.events.bus import Event, EventBus
+from uploader.kit.errors import ProblemError
+from uploader.uploads.dependencies import checked_upload_id, service_of
+
+router = APIRouter(prefix="/api/v1", tags=["events"])
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+FINISHED = {UploadState.READY, UploadState.FAILED, UploadState.EXPIRED}
+
+
+def sse(event: Event) -> str:
+    payload = {"upload_id": event.upload_id, **event.data}
+    return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def _after(last_event_id: str | None) -> int | None:
+    if last_event_id is None or not last_event_id.strip():
+        return None
+    try:
+        return int(last_event_id.strip())
+    except ValueError:
+        raise ProblemError("request.invalid", "Last-Event-ID must be an event id") from None
+
+
+async def stream(
+    bus: EventBus,
+    owner: str,
+    upload_id: str | None,
+    after: int | None,
+    keepalive: float,
+    finished_state: str | None = None,
+) -> AsyncIterator[str]:
+    """History after ``after``, then live events; a per-upload stream ends at a terminal event."""
+    subscription = bus.subscribe(owner, upload_id)  # before reading history: no gap
+    try:
+        yield "retry: 2000\n\n"
+        last = after or 0
+        for event in bus.history(owner, upload_id, after):
+            yield sse(event)
+            last = event.id
+            if upload_id and event.is_terminal:
+                return
+        if upload_id and finished_state is not None:
+            # Finished before this process kept its history (a restart): say how it ended.
+            yield f"event: upload.{finished_state}\ndata: {json.dumps({'upload_id': upload_id})}\n\n"
+            return
+        while True:
+            try:
+                event = await asyncio.wait_for(anext(subscription), keepalive)
+            except TimeoutError:
+                yield ": keep-alive\n\n"  # keeps proxies from closing an idle stream
+                continue
+            if event.id <= last:
+                continue
+            yield sse(event)
+            last = event.id
+            if upload_id and event.is_terminal:
+                return
+    finally:
+        subscription.close()
+
+
+@router.get("/uploads/{upload_id}/events")
+async def upload_events(
+    request: Request,
+    upload_id: str,
+    principal: Principal = Depends(current_principal),
+    last_event_id: str | None = Header(None, alias="Last-Event-ID"),
+    since: str | None = Query(None, description="Last-Event-ID for clients that cannot set headers"),
+) -> StreamingResponse:
+    """One upload's events as Server-Sent Events; the stream ends when the upload does."""
+    service = service_of(request)
+    upload = await service.get(principal.name, checked_upload_id(upload_id), allow_gone=True)
+    if upload.state == UploadState.TERMINATED:
+        raise ProblemError("upload.not_found")
+    after = _after(last_event_id or since)
+    history = service.events.history(principal.name, upload.id, None)
+    finished = upload.state if upload.state in FINISHED and not history else None
+    keepalive = request.app.state.settings.sse_keepalive_seconds
+    return StreamingResponse(
+        stream(service.events, principal.name, upload.id, after, keepalive, finished),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
+
+
+@router.get("/events")
+async def all_events(
+    request: Request,
+    principal: Principal = Depends(current_principal),
+    last_event_id: str | None = Header(None, alias="Last-Event-ID"),
+    since: str | None = Query(None, description="Last-Event-ID for clients that cannot set headers"),
+) -> StreamingResponse:
+    """Every event of the caller's uploads, as Server-Sent Events."""
+    service = service_of(request)
+    keepalive = request.app.state.settings.sse_keepalive_seconds
+    return StreamingResponse(
+        stream(service.events, principal.name, None, _after(last_event_id or since), keepalive),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )

@@ -152,3 +152,20 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+REDIS_URL = os.environ.get("UPLOADER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The machine's Redis; required in CI."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except redis.RedisError:
+        if IN_CI:
+            pytest.fail(f"Redis is required in CI but {REDIS_URL} does not answer")
+        pytest.skip("Redis is not running")
+    return REDIS_URL

@@ -12,7 +12,8 @@ from starlette.middleware.cors import CORSMiddleware
 from uploader import __version__
 from uploader.db.engine import Database
 from uploader.downloads.router import router as downloads_router
-from uploader.events.bus import LocalEventBus
+from uploader.events.bus import EventBus, LocalEventBus
+from uploader.events.redis_bus import RedisEventBus
 from uploader.events.router import router as events_router
 from uploader.health.router import router as health_router
 from uploader.kit.errors import install_error_handlers
@@ -77,7 +78,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = Database(settings.resolved_database_url)
         store = build_store(settings)
         await store.start()
-        events = LocalEventBus()
+        events: EventBus = (
+            RedisEventBus(settings.redis_url, prefix=f"{settings.redis_prefix}:events")
+            if settings.redis_url
+            else LocalEventBus()
+        )
         processor = EmbeddedProcessor(db, store, events) if settings.process_uploads else None
         service = UploadService(
             settings,
@@ -103,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if processor is not None:
                 await processor.close()
             await store.close()
+            await events.close()
             await db.dispose()
 
     app = FastAPI(

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
         default=False, description="Downloads redirect to a short-lived presigned S3 URL."
     )
     s3_presign_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    redis_url: str | None = Field(
+        default=None, description="redis://host:6379/0 for the full stack; unset means in-process."
+    )
+    redis_prefix: str = Field(default="uploader", description="Prefix of every Redis key.")
     sse_keepalive_seconds: float = Field(default=15.0, gt=0, description="Comment lines on idle SSE streams.")
     host: str = "127.0.0.1"
     port: int = 8000

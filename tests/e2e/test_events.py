@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,9 +69,30 @@ def events_of(server: LiveServer, upload_id: str, **headers: str) -> list[SseEve
         return [e for e in read_events(response) if isinstance(e, SseEvent)]
 
 
+def redis_env(redis_url: str) -> Iterator[dict[str, str]]:
+    """Settings for Redis with keys of this test's own, removed afterwards."""
+    import redis
+
+    prefix = f"test-{secrets.token_hex(6)}"
+    yield {"UPLOADER_REDIS_URL": redis_url, "UPLOADER_REDIS_PREFIX": prefix}
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture(params=["in-process", "redis"])
+def bus_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The embedded bus, or Redis Streams (the full stack)."""
+    if request.param == "in-process":
+        yield {}
+        return
+    yield from redis_env(request.getfixturevalue("redis_url"))
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[LiveServer]:
-    live = start_server(tmp_path / "server", UPLOADER_CHECKPOINT_BYTES=str(64 * KiB))
+def server(tmp_path: Path, bus_env: dict[str, str]) -> Iterator[LiveServer]:
+    live = start_server(tmp_path / "server", UPLOADER_CHECKPOINT_BYTES=str(64 * KiB), **bus_env)
     try:
         yield live
     finally:
@@ -120,8 +142,10 @@ def test_late_client_gets_the_history_and_reconnects_with_last_event_id(server: 
     assert by_query.text.count("event: ") == len(missed)
 
 
-def test_all_events_stream_covers_every_upload_and_keeps_alive(tmp_path: Path) -> None:
-    live = start_server(tmp_path / "server", UPLOADER_SSE_KEEPALIVE_SECONDS="0.3")
+def test_all_events_stream_covers_every_upload_and_keeps_alive(
+    tmp_path: Path, bus_env: dict[str, str]
+) -> None:
+    live = start_server(tmp_path / "server", UPLOADER_SSE_KEEPALIVE_SECONDS="0.3", **bus_env)
     try:
         with httpx.stream("GET", f"{live.url}/api/v1/events", timeout=30) as response:
             stream = read_events(response)
@@ -139,3 +163,38 @@ def test_bad_last_event_id_and_unknown_uploads(server: LiveServer) -> None:
     assert bad.status_code == 400
     unknown = httpx.get(f"{server.url}/api/v1/uploads/{'0' * 32}/events")
     assert unknown.status_code == 404
+
+
+@pytest.mark.parametrize("bus_env", ["redis"], indirect=True)
+def test_events_cross_api_processes_through_redis(tmp_path: Path, bus_env: dict[str, str]) -> None:
+    """Two API processes on one database, storage and Redis: a client follows an upload on
+    one while it is written through the other, and resumes its stream on either."""
+    shared = {
+        **bus_env,
+        "UPLOADER_DATA_DIR": str(tmp_path / "shared"),
+        "UPLOADER_CHECKPOINT_BYTES": str(64 * KiB),
+    }
+    writer = start_server(tmp_path / "writer", **shared)
+    watcher = start_server(tmp_path / "watcher", **shared)
+    try:
+        url = create(writer, 300 * KiB)
+        upload_id = url.rsplit("/", 1)[-1]
+        seen: list[SseEvent] = []
+        subscribed = threading.Event()
+
+        def follow() -> None:
+            with httpx.stream("GET", f"{watcher.url}/api/v1/uploads/{upload_id}/events", timeout=30) as r:
+                subscribed.set()
+                seen.extend(e for e in read_events(r) if isinstance(e, SseEvent))
+
+        follower = threading.Thread(target=follow)
+        follower.start()
+        assert subscribed.wait(10)
+        send(url, os.urandom(300 * KiB), chunk=100 * KiB)
+        follower.join(30)
+        assert [e.type for e in seen][-2:] == ["upload.received", "upload.ready"]
+        resumed = events_of(writer, upload_id, **{"Last-Event-ID": str(seen[1].id)})
+        assert [e.id for e in resumed] == [e.id for e in seen[2:]]
+    finally:
+        writer.stop()
+        watcher.stop()

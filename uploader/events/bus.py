@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,13 +32,24 @@ class Event:
 class EventBus(Protocol):
     async def publish(self, owner: str, upload_id: str, type: str, data: dict[str, Any]) -> Event: ...
 
-    def history(self, owner: str, upload_id: str | None, after: int | None) -> list[Event]:
+    async def history(self, owner: str, upload_id: str | None, after: int | None) -> list[Event]:
         """Past events of one upload (or all of the owner's), oldest first, after an id."""
         ...
 
-    def subscribe(self, owner: str, upload_id: str | None) -> Subscription:
-        """Live events from now on (subscribed at once, so nothing falls between history and live)."""
+    async def subscribe(self, owner: str, upload_id: str | None) -> Subscription:
+        """Live events from the moment this returns: read history after it, and no event
+        falls between the two."""
         ...
+
+    async def close(self) -> None: ...
+
+
+class Subscription(Protocol):
+    async def next(self, wait_seconds: float) -> Event | None:
+        """The next live event, or ``None`` when ``wait_seconds`` pass without one."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class LocalEventBus:
@@ -50,7 +60,7 @@ class LocalEventBus:
         self._max_uploads = uploads
         self._by_upload: OrderedDict[str, deque[Event]] = OrderedDict()
         self._by_owner: dict[str, deque[Event]] = {}
-        self._subscribers: set[Subscription] = set()
+        self._subscribers: set[LocalSubscription] = set()
 
     async def publish(self, owner: str, upload_id: str, type: str, data: dict[str, Any]) -> Event:
         self._next_id += 1
@@ -66,24 +76,27 @@ class LocalEventBus:
             subscriber.offer(event)
         return event
 
-    def history(self, owner: str, upload_id: str | None, after: int | None) -> list[Event]:
+    async def history(self, owner: str, upload_id: str | None, after: int | None) -> list[Event]:
         source = self._by_upload.get(upload_id, ()) if upload_id else self._by_owner.get(owner, ())
         return [e for e in source if e.owner == owner and (after is None or e.id > after)]
 
-    def subscribe(self, owner: str, upload_id: str | None) -> Subscription:
-        subscription = Subscription(self._subscribers, owner, upload_id)
+    async def subscribe(self, owner: str, upload_id: str | None) -> LocalSubscription:
+        subscription = LocalSubscription(self._subscribers, owner, upload_id)
         self._subscribers.add(subscription)
         return subscription
 
+    async def close(self) -> None:
+        return None
 
-class Subscription:
+
+class LocalSubscription:
     """Live events for one owner (or one of its uploads) until ``close()``.
 
     A slow reader loses the oldest undelivered events rather than growing memory; it can
     always catch up from the history with ``Last-Event-ID``.
     """
 
-    def __init__(self, registry: set[Subscription], owner: str, upload_id: str | None) -> None:
+    def __init__(self, registry: set[LocalSubscription], owner: str, upload_id: str | None) -> None:
         self._registry = registry
         self.owner = owner
         self.upload_id = upload_id
@@ -96,11 +109,11 @@ class Subscription:
             self.queue.get_nowait()
         self.queue.put_nowait(event)
 
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self
+    async def next(self, wait_seconds: float) -> Event | None:
+        try:
+            return await asyncio.wait_for(self.queue.get(), wait_seconds)
+        except TimeoutError:
+            return None
 
-    async def __anext__(self) -> Event:
-        return await self.queue.get()
-
-    def close(self) -> None:
+    async def close(self) -> None:
         self._registry.discard(self)

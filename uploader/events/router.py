@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -43,11 +42,11 @@ async def stream(
     finished_state: str | None = None,
 ) -> AsyncIterator[str]:
     """History after ``after``, then live events; a per-upload stream ends at a terminal event."""
-    subscription = bus.subscribe(owner, upload_id)  # before reading history: no gap
+    subscription = await bus.subscribe(owner, upload_id)  # before reading history: no gap
     try:
         yield "retry: 2000\n\n"
         last = after or 0
-        for event in bus.history(owner, upload_id, after):
+        for event in await bus.history(owner, upload_id, after):
             yield sse(event)
             last = event.id
             if upload_id and event.is_terminal:
@@ -57,19 +56,18 @@ async def stream(
             yield f"event: upload.{finished_state}\ndata: {json.dumps({'upload_id': upload_id})}\n\n"
             return
         while True:
-            try:
-                event = await asyncio.wait_for(anext(subscription), keepalive)
-            except TimeoutError:
+            live = await subscription.next(keepalive)
+            if live is None:
                 yield ": keep-alive\n\n"  # keeps proxies from closing an idle stream
                 continue
-            if event.id <= last:
+            if live.id <= last:
                 continue
-            yield sse(event)
-            last = event.id
-            if upload_id and event.is_terminal:
+            yield sse(live)
+            last = live.id
+            if upload_id and live.is_terminal:
                 return
     finally:
-        subscription.close()
+        await subscription.close()
 
 
 @router.get("/uploads/{upload_id}/events")
@@ -86,7 +84,7 @@ async def upload_events(
     if upload.state == UploadState.TERMINATED:
         raise ProblemError("upload.not_found")
     after = _after(last_event_id or since)
-    history = service.events.history(principal.name, upload.id, None)
+    history = await service.events.history(principal.name, upload.id, None)
     finished = upload.state if upload.state in FINISHED and not history else None
     keepalive = request.app.state.settings.sse_keepalive_seconds
     return StreamingResponse(

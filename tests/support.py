@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,3 +200,15 @@ def stored_objects(settings: Settings) -> list[str]:
     objects = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
     uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
     return sorted([o["Key"] for o in objects] + [f"multipart:{u['Key']}" for u in uploads])
+
+
+def redis_env(redis_url: str) -> Iterator[dict[str, str]]:
+    """Server settings for Redis with keys of the caller's own, removed afterwards."""
+    import redis
+
+    prefix = f"test-{secrets.token_hex(6)}"
+    yield {"UPLOADER_REDIS_URL": redis_url, "UPLOADER_REDIS_PREFIX": prefix}
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)

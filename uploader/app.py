@@ -23,7 +23,8 @@ from uploader.processing.embedded import EmbeddedProcessor
 from uploader.protocols.tus import build_tus_router
 from uploader.settings import Settings
 from uploader.storage.registry import build_store
-from uploader.uploads.locks import LocalLocker
+from uploader.uploads.locks import LocalLocker, UploadLocker
+from uploader.uploads.redis_locks import RedisLocker
 from uploader.uploads.router import router as uploads_router
 from uploader.uploads.service import UploadService
 
@@ -84,11 +85,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else LocalEventBus()
         )
         processor = EmbeddedProcessor(db, store, events) if settings.process_uploads else None
+        locker: UploadLocker = (
+            RedisLocker(settings.redis_url, settings.redis_prefix, settings.lock_timeout_seconds)
+            if settings.redis_url
+            else LocalLocker(settings.lock_timeout_seconds)
+        )
+        await locker.start()
         service = UploadService(
             settings,
             db,
             store,
-            LocalLocker(settings.lock_timeout_seconds),
+            locker,
             processor=processor,
             events=events,
         )
@@ -109,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await processor.close()
             await store.close()
             await events.close()
+            await service.locker.close()
             await db.dispose()
 
     app = FastAPI(

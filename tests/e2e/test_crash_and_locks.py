@@ -9,13 +9,14 @@ import secrets
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.e2e.slow_client import HandFedPatch
-from tests.support import PATCH_HEADERS, S3_TEST_BUCKET, TUS, LiveServer, start_server
+from tests.support import PATCH_HEADERS, S3_TEST_BUCKET, TUS, LiveServer, redis_env, start_server
 
 pytestmark = pytest.mark.e2e
 MiB = 1024 * 1024
@@ -167,3 +168,36 @@ def test_sigterm_lets_an_inflight_patch_record_its_bytes(tmp_path: Path, storage
         assert downloaded_digest(server, url) == hashlib.sha256(data).hexdigest()
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_settings(redis_url: str) -> Iterator[dict[str, str]]:
+    yield from redis_env(redis_url)
+
+
+def test_a_request_on_another_api_process_interrupts_a_stalled_patch(
+    tmp_path: Path, redis_settings: dict[str, str]
+) -> None:
+    """With Redis, locks span API processes: a HEAD on one makes a PATCH on the other let go."""
+    shared = {**redis_settings, "UPLOADER_DATA_DIR": str(tmp_path / "shared")}
+    first = start_server(tmp_path / "first", **shared)
+    second = start_server(tmp_path / "second", **shared)
+    try:
+        data = os.urandom(8 * MiB)
+        url = create_upload(first, len(data))
+        feeder = HandFedPatch(url, 0, len(data))
+        feeder.send(data[: 3 * MiB])
+        time.sleep(0.5)  # the client stalls on the first process
+        other_url = url.replace(first.url, second.url)
+        started = time.monotonic()
+        assert server_offset(other_url) == 3 * MiB
+        assert time.monotonic() - started < 5
+        response = feeder.response()
+        assert response.status == 204
+        assert response.getheader("Upload-Offset") == str(3 * MiB)
+        feeder.close()
+        finish_from(other_url, data, 3 * MiB)
+        assert downloaded_digest(second, other_url) == hashlib.sha256(data).hexdigest()
+    finally:
+        first.stop()
+        second.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import PATCH_HEADERS, TUS, LiveServer, start_server
+from tests.support import PATCH_HEADERS, TUS, LiveServer, redis_env, start_server
 
 pytestmark = pytest.mark.e2e
 KiB = 1024
@@ -67,18 +66,6 @@ def events_of(server: LiveServer, upload_id: str, **headers: str) -> list[SseEve
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         return [e for e in read_events(response) if isinstance(e, SseEvent)]
-
-
-def redis_env(redis_url: str) -> Iterator[dict[str, str]]:
-    """Settings for Redis with keys of this test's own, removed afterwards."""
-    import redis
-
-    prefix = f"test-{secrets.token_hex(6)}"
-    yield {"UPLOADER_REDIS_URL": redis_url, "UPLOADER_REDIS_PREFIX": prefix}
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}:*"))
-    if keys:
-        client.delete(*keys)
 
 
 @pytest.fixture(params=["in-process", "redis"])

@@ -41,6 +41,10 @@ class UploadLocker(Protocol):
         """Ask every holder to finish up (server shutdown)."""
         ...
 
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
 
 class LocalLocker:
     """In-process locks: correct for one API process (the embedded default)."""
@@ -70,6 +74,17 @@ class LocalLocker:
             del self._holders[upload_id]
             holder.released.set()
 
+    def interrupt(self, upload_id: str) -> None:
+        holder = self._holders.get(upload_id)
+        if holder is not None:
+            holder.interrupt()
+
     def interrupt_all(self) -> None:
         for holder in list(self._holders.values()):
             holder.interrupt()
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -195,7 +195,7 @@ class UploadService:
 
     async def _try_finish_final(self, final: Upload) -> None:
         """Concatenate once every part is complete (concatenation-unfinished waits)."""
-        async with self.locker.hold(final.id):
+        async with self._locked(final.id):
             current = await self.db.run(lambda s: repository.get(s, final.id))
             if current is None or current.state != UploadState.CREATED:
                 return

@@ -216,3 +216,15 @@ async def test_concatenation_of_large_parts(app_client: httpx.AsyncClient) -> No
     for path in (first, second, final):
         assert (await app_client.delete(path, headers=TUS)).status_code == 204
     assert stored_objects(app_client.app.state.settings) == []  # type: ignore[attr-defined]
+
+
+async def test_an_upload_expired_before_its_first_write_takes_no_bytes(app_client: httpx.AsyncClient) -> None:
+    path = await create(app_client, 10)
+    service = app_client.app.state.uploads  # type: ignore[attr-defined]
+    upload = await service.get("anonymous", upload_id(path))
+    past = utcnow() - timedelta(seconds=1)
+    await service.db.run(lambda s: repository.set_fields(s, upload, expires_at=past))
+    assert await service.expire_due() == 1
+    response = await patch(app_client, path, 0, b"late")
+    assert response.status_code == 410
+    assert stored_objects(service.settings) == []

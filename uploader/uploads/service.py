@@ -35,7 +35,7 @@ from uploader.storage.base import (
 )
 from uploader.uploads import repository
 from uploader.uploads.body import BodyTooLong, RequestBody
-from uploader.uploads.locks import UploadLocked, UploadLocker
+from uploader.uploads.locks import LocalLocker, UploadLocked, UploadLocker
 from uploader.uploads.metadata import declared_type_of, filename_of
 
 log = get_logger(__name__)
@@ -84,6 +84,11 @@ class UploadService:
         # SHA-256 of uploads being written in order on this process, keyed by upload id:
         # the common case gets its checksum without reading the file again.
         self._digests: OrderedDict[str, RunningDigest] = OrderedDict()
+        # Uploads created here and not written yet: their first PATCH needs no SELECT. Only
+        # sound while every writer of an upload is in this process (in-process locks).
+        self._unwritten: OrderedDict[str, Upload] | None = (
+            OrderedDict() if isinstance(locker, LocalLocker) else None
+        )
 
     def _digest_at(self, upload_id: str, offset: int) -> RunningDigest | None:
         digest = self._digests.pop(upload_id, None)
@@ -111,6 +116,14 @@ class UploadService:
         if not allow_gone:
             self._ensure_live(upload)
         return upload
+
+    async def _for_writing(self, owner: str, upload_id: str) -> Upload:
+        """The upload for a request holding its lock (just created here: no SELECT)."""
+        fresh = self._unwritten.pop(upload_id, None) if self._unwritten is not None else None
+        if fresh is None or fresh.owner != owner:
+            return await self.get(owner, upload_id)
+        self._ensure_live(fresh)
+        return fresh
 
     async def get_settled(self, owner: str, upload_id: str) -> Upload:
         """The upload once no request is writing to it (a hanging PATCH is asked to stop)."""
@@ -168,6 +181,10 @@ class UploadService:
         )
         await self._storage(self.store.create(upload.storage_key, length))
         await self.db.run(lambda s: repository.insert(s, upload))
+        if self._unwritten is not None and concat_role != ConcatRole.FINAL and length != 0:
+            self._unwritten[upload_id] = upload
+            while len(self._unwritten) > MAX_RUNNING_DIGESTS:
+                self._unwritten.popitem(last=False)
         log.debug("upload.created", upload_id=upload_id, length=length, concat=concat_role)
         await self._publish(upload, "upload.created")
         if length == 0:
@@ -238,7 +255,7 @@ class UploadService:
         checksum: Checksum | None = None,
     ) -> Upload:
         async with self._locked(upload_id) as holder:
-            upload = await self.get(owner, upload_id)
+            upload = await self._for_writing(owner, upload_id)
             was_complete = upload.is_complete
             if upload.concat_role == ConcatRole.FINAL:
                 raise ProblemError("upload.final_immutable", "PATCH is not allowed on a final upload")
@@ -380,6 +397,8 @@ class UploadService:
             await self._remove(upload, UploadState.TERMINATED)
 
     async def _remove(self, upload: Upload, state: UploadState) -> None:
+        if self._unwritten is not None:
+            self._unwritten.pop(upload.id, None)
         stored = await self.store.find(upload.storage_key)
         if isinstance(stored, TerminatableUpload):
             await self._storage(stored.terminate())

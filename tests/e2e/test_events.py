@@ -68,6 +68,26 @@ def events_of(server: LiveServer, upload_id: str, **headers: str) -> list[SseEve
         return [e for e in read_events(response) if isinstance(e, SseEvent)]
 
 
+def watch_while_sending(watcher: LiveServer, url: str, data: bytes, chunk: int) -> list[SseEvent]:
+    """Follow the upload's event stream on ``watcher`` while its bytes go to ``url``."""
+    upload_id = url.rsplit("/", 1)[-1]
+    seen: list[SseEvent] = []
+    subscribed = threading.Event()
+
+    def follow() -> None:
+        with httpx.stream("GET", f"{watcher.url}/api/v1/uploads/{upload_id}/events", timeout=30) as r:
+            subscribed.set()
+            seen.extend(e for e in read_events(r) if isinstance(e, SseEvent))
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    assert subscribed.wait(10)
+    send(url, data, chunk)
+    follower.join(30)
+    assert not follower.is_alive(), "the stream did not end after the upload was ready"
+    return seen
+
+
 @pytest.fixture(params=["in-process", "redis"])
 def bus_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     """The embedded bus, or Redis Streams (the full stack)."""
@@ -88,21 +108,7 @@ def server(tmp_path: Path, bus_env: dict[str, str]) -> Iterator[LiveServer]:
 
 def test_stream_follows_an_upload_to_ready_and_ends(server: LiveServer) -> None:
     url = create(server, 600 * KiB)
-    upload_id = url.rsplit("/", 1)[-1]
-    seen: list[SseEvent] = []
-    subscribed = threading.Event()
-
-    def follow() -> None:
-        with httpx.stream("GET", f"{server.url}/api/v1/uploads/{upload_id}/events", timeout=30) as response:
-            subscribed.set()
-            seen.extend(e for e in read_events(response) if isinstance(e, SseEvent))
-
-    follower = threading.Thread(target=follow)
-    follower.start()
-    assert subscribed.wait(10)
-    send(url, os.urandom(600 * KiB), chunk=200 * KiB)
-    follower.join(30)
-    assert not follower.is_alive(), "the stream did not end after the upload was ready"
+    seen = watch_while_sending(server, url, os.urandom(600 * KiB), chunk=200 * KiB)
     types = [e.type for e in seen]
     assert types[0] == "upload.created"
     assert types[-2:] == ["upload.received", "upload.ready"]
@@ -166,19 +172,7 @@ def test_events_cross_api_processes_through_redis(tmp_path: Path, bus_env: dict[
     try:
         url = create(writer, 300 * KiB)
         upload_id = url.rsplit("/", 1)[-1]
-        seen: list[SseEvent] = []
-        subscribed = threading.Event()
-
-        def follow() -> None:
-            with httpx.stream("GET", f"{watcher.url}/api/v1/uploads/{upload_id}/events", timeout=30) as r:
-                subscribed.set()
-                seen.extend(e for e in read_events(r) if isinstance(e, SseEvent))
-
-        follower = threading.Thread(target=follow)
-        follower.start()
-        assert subscribed.wait(10)
-        send(url, os.urandom(300 * KiB), chunk=100 * KiB)
-        follower.join(30)
+        seen = watch_while_sending(watcher, url, os.urandom(300 * KiB), chunk=100 * KiB)
         assert [e.type for e in seen][-2:] == ["upload.received", "upload.ready"]
         resumed = events_of(writer, upload_id, **{"Last-Event-ID": str(seen[1].id)})
         assert [e.id for e in resumed] == [e.id for e in seen[2:]]

@@ -133,6 +133,17 @@ def test_late_client_gets_the_history_and_reconnects_with_last_event_id(server: 
     assert [e.id for e in missed] == [e.id for e in everything if e.id is not None and e.id > middle.id]
     by_query = httpx.get(f"{server.url}/api/v1/uploads/{upload_id}/events?since={middle.id}", timeout=30)
     assert by_query.text.count("event: ") == len(missed)
+    # Reconnecting after the last event: the stream says how the upload ended and closes.
+    after_end: list[SseEvent] = []
+    reader = threading.Thread(
+        target=lambda: after_end.extend(
+            events_of(server, upload_id, **{"Last-Event-ID": str(everything[-1].id)})
+        )
+    )
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "a stream reconnecting after the end never closed"
+    assert [e.type for e in after_end] == ["upload.ready"]
 
 
 def test_all_events_stream_covers_every_upload_and_keeps_alive(

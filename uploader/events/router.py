@@ -52,7 +52,8 @@ async def stream(
             if upload_id and event.is_terminal:
                 return
         if upload_id and finished_state is not None:
-            # Finished before this process kept its history (a restart): say how it ended.
+            # Finished, but its end is not in the history this client has not seen yet
+            # (it reconnected after it, or the history went with a restart): say how it ended.
             yield f"event: upload.{finished_state}\ndata: {json.dumps({'upload_id': upload_id})}\n\n"
             return
         while True:
@@ -70,6 +71,18 @@ async def stream(
         await subscription.close()
 
 
+def _response(
+    request: Request, owner: str, upload_id: str | None, after: int | None, finished: str | None = None
+) -> StreamingResponse:
+    service = service_of(request)
+    keepalive = request.app.state.settings.sse_keepalive_seconds
+    return StreamingResponse(
+        stream(service.events, owner, upload_id, after, keepalive, finished),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
+
+
 @router.get("/uploads/{upload_id}/events")
 async def upload_events(
     request: Request,
@@ -79,19 +92,11 @@ async def upload_events(
     since: str | None = Query(None, description="Last-Event-ID for clients that cannot set headers"),
 ) -> StreamingResponse:
     """One upload's events as Server-Sent Events; the stream ends when the upload does."""
-    service = service_of(request)
-    upload = await service.get(principal.name, checked_upload_id(upload_id), allow_gone=True)
+    upload = await service_of(request).get(principal.name, checked_upload_id(upload_id), allow_gone=True)
     if upload.state == UploadState.TERMINATED:
         raise ProblemError("upload.not_found")
-    after = _after(last_event_id or since)
-    history = await service.events.history(principal.name, upload.id, None)
-    finished = upload.state if upload.state in FINISHED and not history else None
-    keepalive = request.app.state.settings.sse_keepalive_seconds
-    return StreamingResponse(
-        stream(service.events, principal.name, upload.id, after, keepalive, finished),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
-    )
+    finished = upload.state if upload.state in FINISHED else None
+    return _response(request, principal.name, upload.id, _after(last_event_id or since), finished)
 
 
 @router.get("/events")
@@ -102,10 +107,4 @@ async def all_events(
     since: str | None = Query(None, description="Last-Event-ID for clients that cannot set headers"),
 ) -> StreamingResponse:
     """Every event of the caller's uploads, as Server-Sent Events."""
-    service = service_of(request)
-    keepalive = request.app.state.settings.sse_keepalive_seconds
-    return StreamingResponse(
-        stream(service.events, principal.name, None, _after(last_event_id or since), keepalive),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
-    )
+    return _response(request, principal.name, None, _after(last_event_id or since))

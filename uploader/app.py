@@ -10,21 +10,15 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from uploader import __version__
-from uploader.db.engine import Database
 from uploader.downloads.router import router as downloads_router
-from uploader.events.bus import EventBus, LocalEventBus
-from uploader.events.redis_bus import RedisEventBus
 from uploader.events.router import router as events_router
 from uploader.health.router import router as health_router
 from uploader.kit.errors import install_error_handlers
 from uploader.kit.logging import get_logger
 from uploader.kit.method_override import MethodOverrideMiddleware
-from uploader.processing.embedded import EmbeddedProcessor
 from uploader.protocols.tus import build_tus_router
+from uploader.runtime import Runtime
 from uploader.settings import Settings
-from uploader.storage.registry import build_store
-from uploader.uploads.locks import LocalLocker, UploadLocker
-from uploader.uploads.redis_locks import RedisLocker
 from uploader.uploads.router import router as uploads_router
 from uploader.uploads.service import UploadService
 
@@ -76,48 +70,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.resolved_database_url)
-        store = build_store(settings)
-        await store.start()
-        events: EventBus = (
-            RedisEventBus(settings.redis_url, prefix=f"{settings.redis_prefix}:events")
-            if settings.redis_url
-            else LocalEventBus()
-        )
-        processor = EmbeddedProcessor(db, store, events) if settings.process_uploads else None
-        locker: UploadLocker = (
-            RedisLocker(settings.redis_url, settings.redis_prefix, settings.lock_timeout_seconds)
-            if settings.redis_url
-            else LocalLocker(settings.lock_timeout_seconds)
-        )
-        await locker.start()
-        service = UploadService(
-            settings,
-            db,
-            store,
-            locker,
-            processor=processor,
-            events=events,
-        )
-        app.state.db = db
+        runtime = await Runtime.start(settings)
+        service = runtime.service
+        app.state.db = runtime.db
         app.state.uploads = service
-        if processor is not None:
-            await processor.resume_pending()
-        cleanup = asyncio.create_task(_cleanup_loop(service, settings.cleanup_interval_seconds))
-        log.info("server.started", version=__version__, storage=settings.resolved_storage_url)
+        app.state.runtime = runtime
+        if runtime.processor is not None:
+            await runtime.processor.resume_pending()
+        # With Celery, beat sweeps; the embedded default sweeps here.
+        cleanup = (
+            asyncio.create_task(_cleanup_loop(service, settings.cleanup_interval_seconds))
+            if settings.processing != "celery"
+            else None
+        )
+        log.info(
+            "server.started",
+            version=__version__,
+            storage=settings.resolved_storage_url,
+            processing=settings.processing,
+        )
         try:
             yield
         finally:
             service.locker.interrupt_all()
-            cleanup.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await cleanup
-            if processor is not None:
-                await processor.close()
-            await store.close()
-            await events.close()
-            await service.locker.close()
-            await db.dispose()
+            if cleanup is not None:
+                cleanup.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await cleanup
+            await runtime.close()
 
     app = FastAPI(
         title="uploader",

@@ -1,4 +1,4 @@
-"""The ``uploader`` command: ``serve`` and ``migrate``."""
+"""The ``uploader`` command: ``serve``, ``worker``, ``beat`` and ``migrate``."""
 
 from __future__ import annotations
 
@@ -60,6 +60,36 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
+def _worker(settings: Settings, concurrency: int | None, pool: str) -> int:
+    if settings.processing != "celery":
+        log.error("worker.not_configured", hint="set UPLOADER_PROCESSING=celery and UPLOADER_REDIS_URL")
+        return 2
+    from workers.tasks import build_worker_app
+
+    app = build_worker_app(settings)
+    argv = ["worker", f"--pool={pool}", "--without-gossip", "--without-mingle", f"-Q={settings.task_queue}"]
+    argv.append(f"--loglevel={settings.log_level.upper()}")
+    if concurrency:
+        argv.append(f"--concurrency={concurrency}")
+    log.info("worker.starting", queue=settings.task_queue, pool=pool, concurrency=concurrency or "cores")
+    app.worker_main(argv)
+    return 0
+
+
+def _beat(settings: Settings) -> int:
+    if settings.processing != "celery":
+        log.error("beat.not_configured", hint="set UPLOADER_PROCESSING=celery and UPLOADER_REDIS_URL")
+        return 2
+    from workers.tasks import build_worker_app
+
+    app = build_worker_app(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    schedule = settings.data_dir / "beat-schedule"
+    log.info("beat.starting", every_seconds=settings.cleanup_interval_seconds)
+    app.start(["beat", f"--schedule={schedule}", f"--loglevel={settings.log_level.upper()}"])
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="uploader", description="Resumable upload service.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -67,10 +97,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument("--host", help="address to listen on (default UPLOADER_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default UPLOADER_PORT or 8000)")
     commands.add_parser("migrate", help="apply database migrations")
+    worker = commands.add_parser("worker", help="run a Celery worker for the processing pipeline")
+    worker.add_argument("--concurrency", type=int, help="worker processes (default: one per core)")
+    worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    commands.add_parser("beat", help="run the periodic jobs (expiry, resending lost work)")
     args = parser.parse_args(argv)
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
     if args.command == "serve":
         sys.exit(_serve(settings, args.host or settings.host, args.port or settings.port))
+    if args.command == "worker":
+        sys.exit(_worker(settings, args.concurrency, args.pool))
+    if args.command == "beat":
+        sys.exit(_beat(settings))
     sys.exit(_migrate(settings))

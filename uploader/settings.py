@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
+
+
+_VARIANT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class VariantSpec(BaseModel):
+    """One derived image: the longest side fits ``size`` pixels, encoded as ``format``."""
+
+    name: str
+    size: int = Field(gt=0, le=8192)
+    format: Literal["webp", "jpeg", "png"]
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not _VARIANT_NAME.match(value):
+            raise ValueError("variant names are lowercase letters, digits, '.', '_' and '-'")
+        return value
+
+
+DEFAULT_VARIANTS = [
+    VariantSpec(name="256.webp", size=256, format="webp"),
+    VariantSpec(name="256.jpg", size=256, format="jpeg"),
+    VariantSpec(name="1024.webp", size=1024, format="webp"),
+    VariantSpec(name="1024.jpg", size=1024, format="jpeg"),
+]
 
 
 class Settings(BaseSettings):
@@ -79,12 +107,53 @@ class Settings(BaseSettings):
         description="Uploads up to this length get their SHA-256 while the bytes arrive; larger "
         "ones (and 0 here: all) are hashed by processing, off the receiving path.",
     )
-    process_uploads: bool = Field(default=True, description="Run the processing pipeline on completion.")
+    processing: Literal["embedded", "celery", "off"] = Field(
+        default="embedded",
+        description="Where the pipeline runs: in the API process, on Celery workers (needs "
+        "REDIS_URL), or not at all.",
+    )
+    variants: list[VariantSpec] = Field(
+        default_factory=lambda: [v.model_copy() for v in DEFAULT_VARIANTS],
+        description='Image variants, JSON: [{"name": "256.webp", "size": 256, "format": "webp"}, ...].',
+    )
+    image_max_pixels: int = Field(
+        default=89_478_485, gt=0, description="Images with more pixels are refused (decompression bombs)."
+    )
+    image_max_bytes: int = Field(
+        default=256 * MiB, gt=0, description="Larger images are kept but get no variants."
+    )
+    task_soft_time_limit_seconds: int = Field(default=300, gt=0, description="A step past this fails.")
+    task_time_limit_seconds: int = Field(default=360, gt=0, description="A worker past this is killed.")
+    task_max_retries: int = Field(default=5, ge=0, description="Retries of a transient failure.")
+    task_retry_backoff_seconds: float = Field(default=2.0, gt=0, description="First retry delay; doubles.")
+    broker_visibility_timeout_seconds: int = Field(
+        default=3600, gt=0, description="An unacknowledged task is redelivered after this long."
+    )
+    webhook_url: str | None = Field(default=None, description="POST upload.received/ready/failed here.")
+    webhook_secret: str | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures.")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1, description="Deliveries tried, with backoff.")
 
     @field_validator("tus_path")
     @classmethod
     def _slashes(cls, value: str) -> str:
         return "/" + value.strip("/") + "/"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.processing == "celery" and not self.redis_url:
+            raise ValueError("UPLOADER_PROCESSING=celery needs UPLOADER_REDIS_URL (the broker)")
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError("UPLOADER_WEBHOOK_URL needs UPLOADER_WEBHOOK_SECRET to sign deliveries")
+        names = [variant.name for variant in self.variants]
+        if len(names) != len(set(names)):
+            raise ValueError("variant names must be unique")
+        return self
+
+    @property
+    def task_queue(self) -> str:
+        """One queue per deployment prefix: deployments sharing a Redis never share work."""
+        return f"{self.redis_prefix}.processing"
 
     @cached_property
     def resolved_database_url(self) -> str:

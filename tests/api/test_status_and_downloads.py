@@ -41,6 +41,8 @@ async def test_status_reports_progress_metadata_and_sha256(app_client: httpx.Asy
     assert created["links"] == {
         "self": f"/api/v1/uploads/{uid}",
         "content": f"/api/v1/uploads/{uid}/content",
+        "events": f"/api/v1/uploads/{uid}/events",
+        "reprocess": f"/api/v1/uploads/{uid}/reprocess",
         "tus": f"/files/{uid}",
     }
     await patch(app_client, path, 0, data[:1000])

@@ -93,6 +93,11 @@ uploads = Table(
     Column("concat_parts", JSON, nullable=True),
     Column("sha256", String(64), nullable=True),
     Column("failure_reason", Text, nullable=True),
+    # What processing found: the sniffed type, step progress, image facts, variants.
+    Column("detected_type", String(255), nullable=True),
+    Column("processing", JSON, nullable=True),
+    Column("media", JSON, nullable=True),
+    Column("variants", JSON, nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=True, index=True),
@@ -118,6 +123,10 @@ class Upload:
     concat_parts: list[str] | None = None
     sha256: str | None = None
     failure_reason: str | None = None
+    detected_type: str | None = None
+    processing: dict[str, Any] | None = None
+    media: dict[str, Any] | None = None
+    variants: list[dict[str, Any]] | None = None
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
     expires_at: datetime | None = None

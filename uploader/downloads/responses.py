@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -61,18 +62,41 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 async def content_response(
     request: Request, upload: Upload, store: UploadStore, media_type: str | None = None
 ) -> Response:
+    """The original bytes of a complete upload."""
     if not upload.is_complete or upload.length is None:
         raise ProblemError("upload.incomplete", f"{upload.offset} of {upload.length} bytes received")
-    size = upload.length
-    etag = etag_of(upload)
+    stored = await store.find(upload.storage_key)
+    settings = request.app.state.settings
+    presign = stored if settings.s3_presigned_downloads and isinstance(stored, PresignableUpload) else None
+    return await ranged_response(
+        request,
+        size=upload.length,
+        etag=etag_of(upload),
+        disposition=content_disposition(upload.filename, upload.id),
+        media_type=media_type or upload.declared_type or "application/octet-stream",
+        read=stored.reader,
+        presign=presign,
+    )
+
+
+async def ranged_response(
+    request: Request,
+    *,
+    size: int,
+    etag: str,
+    disposition: str,
+    media_type: str,
+    read: Callable[[int, int], AsyncIterator[bytes]],
+    presign: PresignableUpload | None = None,
+) -> Response:
+    """Streams ``read(start, end)`` with one Range, ``ETag``, ``If-None-Match`` and ``If-Range``."""
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",
-        "Content-Disposition": content_disposition(upload.filename, upload.id),
+        "Content-Disposition": disposition,
         "X-Content-Type-Options": "nosniff",
         "Cache-Control": "private, max-age=0, must-revalidate",
     }
-    media = media_type or upload.declared_type or "application/octet-stream"
     if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None and _etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
@@ -85,12 +109,11 @@ async def content_response(
     if status == 206:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     headers["Content-Length"] = str(end - start)
-    stored = await store.find(upload.storage_key)
-    settings = request.app.state.settings
-    if settings.s3_presigned_downloads and isinstance(stored, PresignableUpload):
+    if presign is not None:
         # The bytes come straight from object storage, which handles Range itself.
-        url = await stored.presigned_url(settings.s3_presign_seconds, headers["Content-Disposition"], media)
+        settings = request.app.state.settings
+        url = await presign.presigned_url(settings.s3_presign_seconds, disposition, media_type)
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     if request.method == "HEAD":
-        return Response(status_code=status, headers=headers, media_type=media)
-    return StreamingResponse(stored.reader(start, end), status_code=status, headers=headers, media_type=media)
+        return Response(status_code=status, headers=headers, media_type=media_type)
+    return StreamingResponse(read(start, end), status_code=status, headers=headers, media_type=media_type)

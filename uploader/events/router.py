@@ -46,11 +46,13 @@ async def stream(
     try:
         yield "retry: 2000\n\n"
         last = after or 0
-        for event in await bus.history(owner, upload_id, after):
+        history = await bus.history(owner, upload_id, after)
+        for event in history:
             yield sse(event)
             last = event.id
-            if upload_id and event.is_terminal:
-                return
+        # A reprocessed upload has an earlier end in its history: only the latest event counts.
+        if upload_id and history and history[-1].is_terminal:
+            return
         if upload_id and finished_state is not None:
             # Finished, but its end is not in the history this client has not seen yet
             # (it reconnected after it, or the history went with a restart): say how it ended.

@@ -8,10 +8,12 @@ from uploader.db.models import Upload
 
 
 class Processor(Protocol):
-    def needs_work(self, sha256: str | None) -> bool:
-        """Whether a completed upload whose digest is (or is not) known has steps left."""
-        ...
-
     async def submit(self, upload: Upload) -> None:
         """Process a completed upload (called after its transaction committed)."""
         ...
+
+    async def resume_pending(self) -> None:
+        """Pick up uploads a stopped server left received or processing."""
+        ...
+
+    async def close(self) -> None: ...

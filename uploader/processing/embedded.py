@@ -1,4 +1,9 @@
-"""In-process pipeline for the embedded default: runs the steps as asyncio tasks."""
+"""The embedded default: the pipeline runs in the API process, as asyncio tasks.
+
+No broker and no worker process: what Celery gives the full stack (retries with backoff,
+a time limit, redelivery after a crash) is done here by a retry loop and by resuming
+unfinished uploads when the server starts.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +11,25 @@ import asyncio
 
 from uploader.db.engine import Database
 from uploader.db.models import Upload, UploadState
-from uploader.events.bus import EventBus
 from uploader.kit.logging import get_logger
-from uploader.storage.base import UploadStore
+from uploader.processing.pipeline import TRANSIENT_ERRORS, Pipeline
+from uploader.settings import Settings
 from uploader.uploads import repository
-from uploader.uploads.service import event_data
-from workers.steps import sha256_of
 
 log = get_logger(__name__)
 
 
 class EmbeddedProcessor:
-    def __init__(self, db: Database, store: UploadStore, events: EventBus) -> None:
+    def __init__(self, settings: Settings, db: Database, pipeline: Pipeline, concurrency: int = 2) -> None:
+        self.settings = settings
         self.db = db
-        self.store = store
-        self.events = events
+        self.pipeline = pipeline
+        # Image work competes with uploads for the same cores: a few pipelines at a time.
+        self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def needs_work(self, sha256: str | None) -> bool:
-        return sha256 is None  # the only step so far is the checksum
-
     async def submit(self, upload: Upload) -> None:
-        task = asyncio.create_task(self._run(upload), name=f"process-{upload.id}")
+        task = asyncio.create_task(self._run(upload.id), name=f"process-{upload.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -39,45 +41,29 @@ class EmbeddedProcessor:
         for upload in pending:
             await self.submit(upload)
 
-    async def _run(self, upload: Upload) -> None:
-        upload_id = upload.id
-        target = UploadState.PROCESSING if self.needs_work(upload.sha256) else UploadState.READY
-        if upload.state == UploadState.RECEIVED and not await self.db.run(
-            lambda s: repository.set_fields_if_state(s, upload, UploadState.RECEIVED, state=target)
-        ):
-            return  # terminated, or taken by another run
-        if target == UploadState.READY:
-            log.info("processing.ready", upload_id=upload_id, sha256=upload.sha256)
-            await self._publish(upload, "upload.ready")
-            return
-        log.info("processing.started", upload_id=upload_id)
-        await self._publish(upload, "processing.step_started", step="sha256")
-        try:
-            stored = await self.store.find(upload.storage_key)
-            digest = await sha256_of(stored.reader(0, upload.length or 0))
-        except Exception as exc:
-            log.exception("processing.step_failed", upload_id=upload_id, step="sha256")
-            # Only while still processing: a terminated upload stays terminated.
-            reason = f"sha256: {exc}"
-            if await self.db.run(
-                lambda s: repository.set_fields_if_state(
-                    s, upload, UploadState.PROCESSING, state=UploadState.FAILED, failure_reason=reason
+    async def _run(self, upload_id: str) -> None:
+        retries = 0
+        while True:
+            try:
+                async with self._slots:
+                    await self.pipeline.run(upload_id)
+                return
+            except TRANSIENT_ERRORS as exc:
+                if retries >= self.settings.task_max_retries:
+                    await self._give_up(upload_id, exc)
+                    return
+                delay = self.settings.task_retry_backoff_seconds * 2**retries
+                retries += 1
+                log.warning(
+                    "processing.retry", upload_id=upload_id, attempt=retries, delay=delay, error=str(exc)
                 )
-            ):
-                await self._publish(upload, "upload.failed")
-            return
-        done = await self.db.run(
-            lambda s: repository.set_fields_if_state(
-                s, upload, UploadState.PROCESSING, state=UploadState.READY, sha256=digest
-            )
-        )
-        if done:
-            log.info("processing.ready", upload_id=upload_id, sha256=digest)
-            await self._publish(upload, "processing.step_done", step="sha256")
-            await self._publish(upload, "upload.ready")
+                await asyncio.sleep(delay)
 
-    async def _publish(self, upload: Upload, event_type: str, **extra: str) -> None:
-        await self.events.publish(upload.owner, upload.id, event_type, {**event_data(upload), **extra})
+    async def _give_up(self, upload_id: str, exc: BaseException) -> None:
+        try:
+            await self.pipeline.fail(upload_id, f"processing.unavailable: {exc}")
+        except TRANSIENT_ERRORS:
+            log.exception("processing.abandoned", upload_id=upload_id)  # resumed at the next start
 
     async def close(self) -> None:
         for task in list(self._tasks):

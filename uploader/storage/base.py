@@ -9,7 +9,7 @@ from an async stream, reads a byte range and finishes. Optional capabilities
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -88,6 +88,19 @@ class UploadStore(Protocol):
     async def create(self, key: str, length: int | None) -> StoredUpload: ...
 
     async def find(self, key: str) -> StoredUpload: ...
+
+    async def put_derived(self, key: str, name: str, data: bytes) -> None:
+        """Store a derived file (an image variant) of upload ``key``, replacing one of that
+        name whole: readers see the old bytes or the new, never a mix."""
+        ...
+
+    def derived_reader(self, key: str, name: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """Stream bytes ``[start, end)`` of a derived file."""
+        ...
+
+    async def delete_derived(self, key: str, keep: Collection[str] = ()) -> None:
+        """Remove the derived files of upload ``key`` whose names are not in ``keep``."""
+        ...
 
     async def start(self) -> None:
         """Open clients and pools once per process."""

@@ -8,7 +8,7 @@ import errno
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -118,24 +118,8 @@ class LocalUpload:
         return os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o640)
 
     async def reader(self, start: int, end: int) -> AsyncIterator[bytes]:
-        if start >= end:
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError as exc:
-            raise StorageUnavailable(f"stored file for {self.key} is missing") from exc
-        try:
-            position = start
-            while position < end:
-                size = min(READ_BLOCK, end - position)
-                block = await loop.run_in_executor(None, os.pread, fd, size, position)
-                if not block:
-                    raise StorageUnavailable(f"stored file for {self.key} is shorter than recorded")
-                position += len(block)
-                yield block
-        finally:
-            os.close(fd)
+        async for block in _read_file(self.path, start, end):
+            yield block
 
     async def discard_from(self, offset: int) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -153,7 +137,11 @@ class LocalUpload:
             raise StorageUnavailable(f"stored file for {self.key} is missing") from exc
 
     async def terminate(self) -> None:
-        await asyncio.to_thread(self.path.unlink, True)
+        def remove() -> None:
+            self.path.unlink(missing_ok=True)
+            shutil.rmtree(derived_dir(self.path), ignore_errors=True)
+
+        await asyncio.to_thread(remove)
 
     async def concatenate(self, parts: list[StoredUpload], lengths: list[int]) -> None:
         await asyncio.to_thread(self._concatenate, parts, lengths)
@@ -241,6 +229,28 @@ def _copy_range(source: int, target: int, length: int) -> int:
     return copied
 
 
+def derived_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".derived")
+
+
+async def _read_file(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError as exc:
+        raise StorageUnavailable(f"stored file {path.name} is missing") from exc
+    try:
+        position = start
+        while position < end:
+            block = await loop.run_in_executor(None, os.pread, fd, min(READ_BLOCK, end - position), position)
+            if not block:
+                raise StorageUnavailable(f"stored file {path.name} is shorter than recorded")
+            position += len(block)
+            yield block
+    finally:
+        os.close(fd)
+
+
 class LocalStore:
     def __init__(self, root: Path, checkpoint_bytes: int) -> None:
         self.root = root
@@ -258,6 +268,39 @@ class LocalStore:
 
     async def find(self, key: str) -> LocalUpload:
         return LocalUpload(key, self._path(key), self.checkpoint_bytes)
+
+    def _derived_path(self, key: str, name: str) -> Path:
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"invalid derived file name {name!r}")
+        return derived_dir(self._path(key)) / name
+
+    async def put_derived(self, key: str, name: str, data: bytes) -> None:
+        target = self._derived_path(key, name)
+
+        def write() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{name}.{os.getpid()}.partial")
+            partial.write_bytes(data)
+            os.replace(partial, target)  # atomic: a reader never sees half a file
+
+        try:
+            await asyncio.to_thread(write)
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+
+    async def derived_reader(self, key: str, name: str, start: int, end: int) -> AsyncIterator[bytes]:
+        async for block in _read_file(self._derived_path(key, name), start, end):
+            yield block
+
+    async def delete_derived(self, key: str, keep: Collection[str] = ()) -> None:
+        folder = derived_dir(self._path(key))
+
+        def remove() -> None:
+            for path in folder.glob("*") if folder.exists() else ():
+                if path.name not in keep:
+                    path.unlink(missing_ok=True)
+
+        await asyncio.to_thread(remove)
 
     async def start(self) -> None:
         return None

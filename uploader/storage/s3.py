@@ -21,7 +21,7 @@ import io
 import json
 import math
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Collection
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -162,18 +162,8 @@ class S3Upload:
             await writer.close()
         return progress.written
 
-    async def reader(self, start: int, end: int) -> AsyncIterator[bytes]:
-        if start >= end:
-            return
-        response = await _s3(
-            self.store.client.get_object(
-                Bucket=self.store.bucket, Key=self.object_key, Range=f"bytes={start}-{end - 1}"
-            )
-        )
-        stream = response["Body"]
-        async with stream:  # releases the connection, also when the client goes away
-            async for block in stream.iter_chunks(READ_BLOCK):
-                yield block
+    def reader(self, start: int, end: int) -> AsyncIterator[bytes]:
+        return self.store.read_range(self.object_key, start, end)
 
     async def discard_from(self, offset: int) -> None:
         # The tail of ``offset`` was never touched; later parts are rewritten by the next write.
@@ -519,6 +509,33 @@ class S3Store:
 
     async def check(self) -> None:
         await _s3(self.client.head_bucket(Bucket=self.bucket))
+
+    # -- derived files: ``K.derived/<name>``, so terminating an upload removes them too ----
+
+    def _derived_key(self, key: str, name: str) -> str:
+        return f"{self.prefix}{key}.derived/{name}"
+
+    async def put_derived(self, key: str, name: str, data: bytes) -> None:
+        await self.put_bytes(self._derived_key(key, name), data)
+
+    def derived_reader(self, key: str, name: str, start: int, end: int) -> AsyncIterator[bytes]:
+        return self.read_range(self._derived_key(key, name), start, end)
+
+    async def delete_derived(self, key: str, keep: Collection[str] = ()) -> None:
+        for object_key in await self.list_keys(self._derived_key(key, "")):
+            if object_key.rsplit("/", 1)[1] not in keep:
+                await self.delete(object_key)
+
+    async def read_range(self, object_key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        if start >= end:
+            return
+        response = await _s3(
+            self.client.get_object(Bucket=self.bucket, Key=object_key, Range=f"bytes={start}-{end - 1}")
+        )
+        stream = response["Body"]
+        async with stream:  # releases the connection, also when the client goes away
+            async for block in stream.iter_chunks(READ_BLOCK):
+                yield block
 
     # -- small object helpers ----------------------------------------------------
 

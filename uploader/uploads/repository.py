@@ -132,3 +132,14 @@ def in_states(connection: Connection, states: Sequence[str]) -> list[Upload]:
         .where(_c.state.in_(list(states)), _c.concat_role != ConcatRole.PARTIAL)
         .order_by(_c.seq),
     )
+
+
+def stale_in_state(connection: Connection, state: str, before: datetime, limit: int) -> list[Upload]:
+    """Uploads sitting in ``state`` since before ``before`` (work that was never picked up)."""
+    return _uploads_of(
+        connection,
+        select(_uploads)
+        .where(_c.state == state, _c.updated_at < before, _c.concat_role != ConcatRole.PARTIAL)
+        .order_by(_c.updated_at)
+        .limit(limit),
+    )

@@ -56,3 +56,12 @@ async def upload_status(
     if upload.state == "terminated":
         raise ProblemError("upload.not_found")
     return UploadStatus.of(upload, request.app.state.settings.tus_path)
+
+
+@router.post("/{upload_id}/reprocess", response_model=UploadStatus, status_code=202)
+async def reprocess_upload(
+    request: Request, upload_id: str, principal: Principal = Depends(current_principal)
+) -> UploadStatus:
+    """Run processing again (after a failure, or with changed variant settings)."""
+    upload = await service_of(request).reprocess(principal.name, checked_upload_id(upload_id))
+    return UploadStatus.of(upload, request.app.state.settings.tus_path)

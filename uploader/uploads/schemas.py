@@ -3,17 +3,50 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from uploader.db.models import Upload
 from uploader.uploads.metadata import decoded
+from workers.steps import types_agree
 
 
 class UploadLinks(BaseModel):
     self: str
     content: str
+    events: str
+    reprocess: str
     tus: str
+
+
+class StepStatus(BaseModel):
+    state: str = Field(description="pending, done or skipped")
+    seconds: float | None = None
+
+
+class Processing(BaseModel):
+    steps: dict[str, StepStatus]
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Variant(BaseModel):
+    name: str
+    format: str
+    media_type: str
+    width: int
+    height: int
+    size: int
+    url: str
+
+
+class Media(BaseModel):
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    exif: dict[str, Any] = Field(default_factory=dict)
+    note: str | None = None
 
 
 class UploadStatus(BaseModel):
@@ -25,6 +58,8 @@ class UploadStatus(BaseModel):
     metadata: dict[str, str | None]
     filename: str | None
     declared_type: str | None
+    detected_type: str | None = Field(description="What the bytes show, found by processing")
+    type_mismatch: bool = Field(description="The declared type does not fit the detected one")
     concat: str
     created_at: datetime
     updated_at: datetime
@@ -32,6 +67,9 @@ class UploadStatus(BaseModel):
     completed_at: datetime | None
     sha256: str | None
     failure_reason: str | None
+    processing: Processing | None
+    media: Media | None
+    variants: list[Variant]
     links: UploadLinks
 
     @classmethod
@@ -49,6 +87,9 @@ class UploadStatus(BaseModel):
             metadata=decoded(upload.meta),
             filename=upload.filename,
             declared_type=upload.declared_type,
+            detected_type=upload.detected_type,
+            type_mismatch=upload.detected_type is not None
+            and not types_agree(upload.declared_type, upload.detected_type),
             concat=upload.concat_role,
             created_at=upload.created_at,
             updated_at=upload.updated_at,
@@ -56,7 +97,16 @@ class UploadStatus(BaseModel):
             completed_at=upload.completed_at,
             sha256=upload.sha256,
             failure_reason=upload.failure_reason,
-            links=UploadLinks(self=base, content=f"{base}/content", tus=f"{tus_path}{upload.id}"),
+            processing=Processing.model_validate(upload.processing) if upload.processing else None,
+            media=Media.model_validate(upload.media) if upload.media else None,
+            variants=[Variant(**{**v, "url": f"{base}/variants/{v['name']}"}) for v in upload.variants or []],
+            links=UploadLinks(
+                self=base,
+                content=f"{base}/content",
+                events=f"{base}/events",
+                reprocess=f"{base}/reprocess",
+                tus=f"{tus_path}{upload.id}",
+            ),
         )
 
 

@@ -57,6 +57,7 @@ def event_data(upload: Upload) -> dict[str, Any]:
         "offset": upload.offset,
         "length": upload.length,
         "sha256": upload.sha256,
+        "detected_type": upload.detected_type,
         "failure_reason": upload.failure_reason,
     }
 
@@ -362,13 +363,11 @@ class UploadService:
         sha256 = digest.hexdigest() if digest is not None and digest.covered == length else None
         if length == 0:
             sha256 = RunningDigest().hexdigest()
-        # With nothing left to process (the digest arrived with the bytes) it is ready at once.
-        settled = (
-            self.processor is not None
-            and upload.concat_role != ConcatRole.PARTIAL
-            and not self.processor.needs_work(sha256)
-        )
-        state = UploadState.READY if settled else UploadState.RECEIVED
+        # Partial uploads wait for their final upload; with processing off, received is ready.
+        if upload.concat_role == ConcatRole.PARTIAL or self.processor is not None:
+            state = UploadState.RECEIVED
+        else:
+            state = UploadState.READY
         fields.update(state=state, completed_at=utcnow(), expires_at=expires, sha256=sha256)
         await self.db.run(lambda s: repository.set_fields(s, upload, **fields))
         log.info("upload.received", upload_id=upload.id, length=length, state=state)
@@ -386,6 +385,30 @@ class UploadService:
             return
         if self.processor is not None and upload.state == UploadState.RECEIVED:
             await self.processor.submit(upload)
+
+    async def reprocess(self, owner: str, upload_id: str) -> Upload:
+        """Run the pipeline again on a ready or failed upload."""
+        if self.processor is None:
+            raise ProblemError("processing.disabled")
+        async with self._locked(upload_id):
+            upload = await self.get(owner, upload_id)
+            if upload.concat_role == ConcatRole.PARTIAL:
+                raise ProblemError(
+                    "request.invalid", "partial uploads are processed as part of their final upload"
+                )
+            if not upload.is_complete:
+                raise ProblemError("upload.incomplete", f"{upload.offset} of {upload.length} bytes received")
+            previous = upload.state
+            if previous not in (UploadState.READY, UploadState.FAILED) or not await self.db.run(
+                lambda s: repository.set_fields_if_state(
+                    s, upload, previous, state=UploadState.RECEIVED, failure_reason=None, processing=None
+                )
+            ):
+                raise ProblemError("upload.processing")
+        log.info("upload.reprocessing", upload_id=upload.id, previous=previous)
+        await self._publish(upload, "upload.reprocessing")
+        await self.processor.submit(upload)
+        return upload
 
     # -- removing --------------------------------------------------------------
 

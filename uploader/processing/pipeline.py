@@ -1,0 +1,238 @@
+"""The processing pipeline of a completed upload: sniff, checksum, image variants.
+
+One code path, two ways to run it: ``EmbeddedProcessor`` awaits ``Pipeline.run`` in the
+API process; the Celery task awaits the same method on a worker's event loop.
+
+Every step is idempotent and the run is keyed by the upload's state: ``received`` moves
+to ``processing`` once; a redelivered run finds ``processing`` and does the steps again
+(variants are stored under fixed names, so a second run overwrites, never adds); only
+one run can move ``processing`` to ``ready``, so an upload becomes ready exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import redis.exceptions
+import sqlalchemy.exc
+
+from uploader.db.engine import Database
+from uploader.db.models import Upload, UploadState, utcnow
+from uploader.events.bus import EventBus
+from uploader.kit.logging import get_logger
+from uploader.settings import Settings
+from uploader.storage.base import StorageUnavailable, UploadStore
+from uploader.uploads import repository
+from uploader.uploads.service import event_data
+from workers.steps import (
+    IMAGE_TYPES,
+    SNIFF_BYTES,
+    ImageRejected,
+    render_variants,
+    sha256_of,
+    sniff,
+    types_agree,
+)
+
+log = get_logger(__name__)
+
+# Failures worth another try later: the step itself is fine, something it needs is not.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    StorageUnavailable,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+)
+STEPS = ("sniff", "sha256", "variants")
+PROGRESS_INTERVAL = 0.25  # seconds between progress events of one step
+
+
+class StepFailed(Exception):
+    """A step that cannot succeed for this upload; ``reason`` is shown to users."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, db: Database, store: UploadStore, events: EventBus) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.events = events
+
+    async def run(self, upload_id: str) -> str | None:
+        """Process one upload; returns the state it ended in (``None``: nothing to do).
+
+        Transient errors propagate for the caller to retry; any other failure ends the
+        upload in ``failed`` with a readable reason.
+        """
+        upload = await self.db.run(lambda s: repository.get(s, upload_id))
+        if upload is None or upload.state not in (UploadState.RECEIVED, UploadState.PROCESSING):
+            return None  # finished, removed, or a duplicate delivery after the fact
+        if upload.state == UploadState.RECEIVED:
+            steps = {name: {"state": "pending"} for name in STEPS}
+            started = {"steps": steps, "started_at": utcnow().isoformat()}
+            if not await self._advance(
+                upload, UploadState.RECEIVED, state=UploadState.PROCESSING, processing=started
+            ):
+                return None
+            log.info("processing.started", upload_id=upload_id)
+            await self._publish(upload, "upload.processing")
+        else:
+            log.info("processing.resumed", upload_id=upload_id)
+        try:
+            async with asyncio.timeout(self.settings.task_soft_time_limit_seconds):
+                for step in STEPS:
+                    if not await self._step(upload, step):
+                        return upload.state  # removed (or failed) while processing
+        except TRANSIENT_ERRORS:
+            raise
+        except StepFailed as exc:
+            await self.fail(upload_id, exc.reason)
+            return UploadState.FAILED
+        except TimeoutError:
+            limit = self.settings.task_soft_time_limit_seconds
+            await self.fail(upload_id, f"processing.timeout: not done within {limit} s")
+            return UploadState.FAILED
+        except Exception as exc:
+            log.exception("processing.crashed", upload_id=upload_id)
+            await self.fail(upload_id, f"processing.error: {type(exc).__name__}: {exc}")
+            return UploadState.FAILED
+        if await self._advance(
+            upload, UploadState.PROCESSING, state=UploadState.READY, processing=self._finished(upload)
+        ):
+            log.info("processing.ready", upload_id=upload_id, detected_type=upload.detected_type)
+            await self._publish(upload, "upload.ready")
+        return upload.state
+
+    async def fail(self, upload_id: str, reason: str) -> bool:
+        """End a received or processing upload in ``failed``; False if it was elsewhere."""
+        upload = await self.db.run(lambda s: repository.get(s, upload_id))
+        if upload is None:
+            return False
+        for state in (UploadState.PROCESSING, UploadState.RECEIVED):
+            if upload.state == state and await self._advance(
+                upload, state, state=UploadState.FAILED, failure_reason=reason[:2000]
+            ):
+                log.warning("processing.failed", upload_id=upload_id, reason=reason)
+                await self._publish(upload, "upload.failed")
+                return True
+        return False
+
+    # -- steps -------------------------------------------------------------------------
+
+    async def _step(self, upload: Upload, step: str) -> bool:
+        await self._publish(upload, "processing.step_started", step=step)
+        begun = time.monotonic()
+        fields, outcome = await getattr(self, f"_{step}")(upload)
+        processing = dict(upload.processing or {})
+        steps = dict(processing.get("steps", {}))
+        steps[step] = {"state": outcome, "seconds": round(time.monotonic() - begun, 3)}
+        processing["steps"] = steps
+        if not await self._advance(upload, UploadState.PROCESSING, processing=processing, **fields):
+            return False
+        await self._publish(upload, "processing.step_done", step=step, outcome=outcome)
+        return True
+
+    async def _sniff(self, upload: Upload) -> tuple[dict[str, Any], str]:
+        head = await self._read(upload, 0, min(SNIFF_BYTES, upload.length or 0))
+        detected = sniff(head)
+        if not types_agree(upload.declared_type, detected):
+            log.info(
+                "processing.type_mismatch",
+                upload_id=upload.id,
+                declared=upload.declared_type,
+                detected=detected,
+            )
+        return {"detected_type": detected}, "done"
+
+    async def _sha256(self, upload: Upload) -> tuple[dict[str, Any], str]:
+        if upload.sha256 is not None:
+            return {}, "done"  # computed while the bytes arrived
+        length = upload.length or 0
+        report = self._progress_reporter(upload, "sha256", length)
+        digest = await sha256_of(self._blocks(upload, 0, length), report)
+        return {"sha256": digest}, "done"
+
+    async def _variants(self, upload: Upload) -> tuple[dict[str, Any], str]:
+        pillow_format = IMAGE_TYPES.get(upload.detected_type or "")
+        if pillow_format is None:
+            return {}, "skipped"  # not an image we render, whatever the client declared
+        length = upload.length or 0
+        if length > self.settings.image_max_bytes:
+            return {"media": {"note": "too large to render variants"}}, "skipped"
+        data = await self._read(upload, 0, length)
+        specs = list(self.settings.variants)
+        try:
+            facts, rendered = await asyncio.to_thread(
+                render_variants, data, pillow_format, specs, self.settings.image_max_pixels
+            )
+        except ImageRejected as exc:
+            raise StepFailed(str(exc)) from exc
+        del data
+        variants: list[dict[str, Any]] = []
+        for done, variant in enumerate(rendered, start=1):
+            await self.store.put_derived(upload.storage_key, variant.name, variant.data)
+            entry = {
+                "name": variant.name,
+                "format": variant.format,
+                "media_type": variant.media_type,
+                "width": variant.width,
+                "height": variant.height,
+                "size": len(variant.data),
+                "sha256": hashlib.sha256(variant.data).hexdigest(),
+            }
+            variants.append(entry)
+            await self._publish(
+                upload, "processing.step_progress", step="variants", progress=done / len(rendered)
+            )
+            await self._publish(upload, "variant.ready", variant=entry)
+        # Variants of an earlier run under names no longer configured go away.
+        await self.store.delete_derived(upload.storage_key, keep={v["name"] for v in variants})
+        return {"media": facts.as_json(), "variants": variants}, "done"
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def _blocks(self, upload: Upload, start: int, end: int) -> AsyncIterator[bytes]:
+        stored = await self.store.find(upload.storage_key)
+        async for block in stored.reader(start, end):
+            yield block
+
+    async def _read(self, upload: Upload, start: int, end: int) -> bytes:
+        buffer = io.BytesIO()
+        async for block in self._blocks(upload, start, end):
+            buffer.write(block)
+        return buffer.getvalue()
+
+    def _progress_reporter(self, upload: Upload, step: str, total: int) -> Callable[[int], Awaitable[None]]:
+        last = time.monotonic()
+
+        async def report(done: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if total and now - last >= PROGRESS_INTERVAL:
+                last = now
+                await self._publish(
+                    upload, "processing.step_progress", step=step, progress=round(done / total, 4)
+                )
+
+        return report
+
+    @staticmethod
+    def _finished(upload: Upload) -> dict[str, Any]:
+        return {**(upload.processing or {}), "finished_at": utcnow().isoformat()}
+
+    async def _advance(self, upload: Upload, expected: str, **fields: Any) -> bool:
+        return await self.db.run(lambda s: repository.set_fields_if_state(s, upload, expected, **fields))
+
+    async def _publish(self, upload: Upload, event_type: str, **extra: Any) -> None:
+        await self.events.publish(upload.owner, upload.id, event_type, {**event_data(upload), **extra})

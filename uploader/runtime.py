@@ -1,0 +1,82 @@
+"""Everything a process of ours holds for its lifetime, built once from the settings.
+
+The API (in its lifespan) and a Celery worker process build the same parts: database,
+store, event bus (with webhooks), locks, the upload service and the pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+
+from uploader.db.engine import Database
+from uploader.events.bus import EventBus, LocalEventBus
+from uploader.events.redis_bus import RedisEventBus
+from uploader.processing.base import Processor
+from uploader.processing.embedded import EmbeddedProcessor
+from uploader.processing.pipeline import Pipeline
+from uploader.processing.queued import QueuedProcessor, QueuedWebhooks
+from uploader.settings import Settings
+from uploader.storage.base import UploadStore
+from uploader.storage.registry import build_store
+from uploader.uploads.locks import LocalLocker, UploadLocker
+from uploader.uploads.redis_locks import RedisLocker
+from uploader.uploads.service import UploadService
+from uploader.webhooks.delivery import EmbeddedWebhooks, WebhookDispatcher, WebhookingEventBus
+from workers.celery_app import build_celery
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    store: UploadStore
+    events: EventBus
+    locker: UploadLocker
+    pipeline: Pipeline
+    service: UploadService
+    processor: Processor | None
+    celery: Celery | None
+
+    @classmethod
+    async def start(cls, settings: Settings, *, serves_requests: bool = True) -> Runtime:
+        """``serves_requests``: the API process (it may run the pipeline itself); a worker
+        process only runs what its tasks ask for."""
+        celery = build_celery(settings) if settings.processing == "celery" else None
+        db = Database(settings.resolved_database_url)
+        store = build_store(settings)
+        await store.start()
+        events: EventBus = (
+            RedisEventBus(settings.redis_url, prefix=f"{settings.redis_prefix}:events")
+            if settings.redis_url
+            else LocalEventBus()
+        )
+        if settings.webhook_url:
+            dispatcher: WebhookDispatcher = (
+                QueuedWebhooks(celery, settings) if celery is not None else EmbeddedWebhooks(settings)
+            )
+            events = WebhookingEventBus(events, dispatcher)
+        locker: UploadLocker = (
+            RedisLocker(settings.redis_url, settings.redis_prefix, settings.lock_timeout_seconds)
+            if settings.redis_url
+            else LocalLocker(settings.lock_timeout_seconds)
+        )
+        await locker.start()
+        pipeline = Pipeline(settings, db, store, events)
+        processor: Processor | None = None
+        if serves_requests and settings.processing == "embedded":
+            processor = EmbeddedProcessor(settings, db, pipeline)
+        elif serves_requests and celery is not None:
+            processor = QueuedProcessor(celery, settings)
+        service = UploadService(settings, db, store, locker, processor=processor, events=events)
+        return cls(settings, db, store, events, locker, pipeline, service, processor, celery)
+
+    async def close(self) -> None:
+        self.locker.interrupt_all()
+        if self.processor is not None:
+            await self.processor.close()
+        await self.store.close()
+        await self.events.close()
+        await self.locker.close()
+        await self.db.dispose()

@@ -1,0 +1,120 @@
+"""Celery tasks: each worker process runs one event loop and one set of async clients.
+
+Task bodies are the same coroutines the embedded default awaits in the API process;
+here they run on the worker process's own loop, built on its first task (after the
+fork, never inherited) and closed when the process ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Coroutine
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from celery import Celery, Task
+from celery.signals import worker_process_shutdown
+
+from uploader.db.models import UploadState, utcnow
+from uploader.kit.logging import get_logger
+from uploader.processing.pipeline import TRANSIENT_ERRORS
+from uploader.runtime import Runtime
+from uploader.settings import Settings
+from uploader.uploads import repository
+from uploader.webhooks.delivery import DeliveryFailed, backoff, deliver
+from workers.celery_app import PROCESS_TASK, SWEEP_TASK, WEBHOOK_TASK, build_celery
+
+log = get_logger(__name__)
+T = TypeVar("T")
+RECEIVED_GRACE = timedelta(seconds=60)
+
+
+class WorkerContext:
+    """The per-process loop and runtime."""
+
+    _current: WorkerContext | None = None
+
+    def __init__(self, settings: Settings) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.runtime: Runtime = self.loop.run_until_complete(Runtime.start(settings, serves_requests=False))
+
+    @classmethod
+    def get(cls, settings: Settings) -> WorkerContext:
+        if cls._current is None or cls._current.pid != os.getpid():
+            cls._current = WorkerContext(settings)
+        return cls._current
+
+    def run(self, work: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(work)
+
+    @classmethod
+    def close_current(cls) -> None:
+        context = cls._current
+        if context is not None and context.pid == os.getpid():
+            context.run(context.runtime.close())
+            context.loop.close()
+            cls._current = None
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _close_context(**_: Any) -> None:
+    WorkerContext.close_current()
+
+
+def build_worker_app(settings: Settings) -> Celery:
+    app = build_celery(settings)
+
+    @app.task(name=PROCESS_TASK, bind=True, max_retries=settings.task_max_retries)  # type: ignore[untyped-decorator]
+    def process_upload(task: Task, upload_id: str) -> str | None:
+        context = WorkerContext.get(settings)
+        try:
+            return context.run(context.runtime.pipeline.run(upload_id))
+        except TRANSIENT_ERRORS as exc:
+            retries = task.request.retries
+            if retries >= settings.task_max_retries:
+                context.run(context.runtime.pipeline.fail(upload_id, f"processing.unavailable: {exc}"))
+                return UploadState.FAILED
+            log.warning("processing.retry", upload_id=upload_id, attempt=retries + 1, error=str(exc))
+            raise task.retry(exc=exc, countdown=settings.task_retry_backoff_seconds * 2**retries) from exc
+
+    @app.task(name=WEBHOOK_TASK, bind=True, max_retries=settings.webhook_max_attempts - 1)  # type: ignore[untyped-decorator]
+    def deliver_webhook(task: Task, payload: dict[str, Any]) -> None:
+        context = WorkerContext.get(settings)
+        try:
+            context.run(deliver(settings, payload))
+        except DeliveryFailed as exc:
+            retries = task.request.retries
+            if retries >= settings.webhook_max_attempts - 1:
+                log.error("webhook.abandoned", type=payload.get("type"), upload_id=payload.get("upload_id"))
+                return
+            log.warning("webhook.retry", type=payload.get("type"), attempt=retries + 1, error=str(exc))
+            raise task.retry(exc=exc, countdown=backoff(retries)) from exc
+
+    @app.task(name=SWEEP_TASK)  # type: ignore[untyped-decorator]
+    def sweep() -> dict[str, int]:
+        context = WorkerContext.get(settings)
+        return context.run(_sweep(app, context.runtime))
+
+    return app
+
+
+async def _sweep(app: Celery, runtime: Runtime) -> dict[str, int]:
+    """Expire what is due, and send again work that was never picked up or was lost."""
+    settings = runtime.settings
+    expired = await runtime.service.expire_due()
+    now = utcnow()
+    lost_after = now - timedelta(seconds=settings.task_time_limit_seconds * 2)
+    received = await runtime.db.run(
+        lambda s: repository.stale_in_state(s, UploadState.RECEIVED, now - RECEIVED_GRACE, 100)
+    )
+    processing = await runtime.db.run(
+        lambda s: repository.stale_in_state(s, UploadState.PROCESSING, lost_after, 100)
+    )
+    for upload in [*received, *processing]:
+        await asyncio.to_thread(app.send_task, PROCESS_TASK, args=[upload.id], queue=settings.task_queue)
+    resent = len(received) + len(processing)
+    if expired or resent:
+        log.info("sweep.done", expired=expired, resent=resent)
+    return {"expired": expired, "resent": resent}

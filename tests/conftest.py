@@ -7,6 +7,7 @@ import concurrent.futures
 import os
 import secrets
 from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,20 +64,33 @@ async def _empty_uploads(url: str) -> None:
     await db.dispose()
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test process, dropped at the end."""
+def _require_postgres() -> None:
     if not run_in_thread(_postgres_reachable()):
         if IN_CI:
             pytest.fail(f"PostgreSQL is required in CI but {POSTGRES_ADMIN_DSN} does not answer")
         pytest.skip("PostgreSQL is not running")
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, migrated PostgreSQL database, dropped afterwards."""
+    _require_postgres()
     name = f"uploader_test_{os.getpid()}_{secrets.token_hex(3)}"
     run_in_thread(_admin(f'CREATE DATABASE "{name}"'))
     base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     url = f"{base}/{name}"
-    upgrade_to_head(url)
-    yield url
-    run_in_thread(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        upgrade_to_head(url)
+        yield url
+    finally:
+        run_in_thread(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test process, dropped at the end."""
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -212,3 +212,88 @@ def redis_env(redis_url: str) -> Iterator[dict[str, str]]:
     keys = list(client.scan_iter(match=f"{prefix}:*"))
     if keys:
         client.delete(*keys)
+
+
+@dataclass
+class WorkerProcess:
+    """A real ``uploader worker`` (Celery, prefork) on the test's settings."""
+
+    log_path: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, concurrency: int = 1) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child process keeps it open
+        self.process = subprocess.Popen(
+            [*uploader_command(), "worker", f"--concurrency={concurrency}"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log()[-3000:]}")
+            if "ready." in self.log():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker did not start in 60 s: {self.log()[-3000:]}")
+
+    def pool_processes(self) -> list[int]:
+        """The pool's child processes: where tasks run."""
+        assert self.process is not None
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [int(child) for child in children]
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class WebhookReceiver:
+    """An HTTP endpoint on loopback that records what it is sent; it can fail on purpose."""
+
+    def __init__(self, failures: int = 0) -> None:
+        import http.server
+        import threading
+
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.failures_left = failures
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if receiver.failures_left > 0:
+                    receiver.failures_left -= 1
+                    self.send_response(503)
+                else:
+                    receiver.received.append((dict(self.headers.items()), body))
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def events(self) -> list[str]:
+        import json
+
+        return [json.loads(body)["type"] for _, body in self.received]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

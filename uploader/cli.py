@@ -67,8 +67,8 @@ def _worker(settings: Settings, concurrency: int | None, pool: str) -> int:
     from workers.tasks import build_worker_app
 
     app = build_worker_app(settings)
-    argv = ["worker", f"--pool={pool}", "--without-gossip", "--without-mingle", f"-Q={settings.task_queue}"]
-    argv.append(f"--loglevel={settings.log_level.upper()}")
+    argv = ["worker", f"--pool={pool}", f"--queues={settings.task_queue}", "--without-gossip"]
+    argv += ["--without-mingle", f"--loglevel={settings.log_level.upper()}"]
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
     log.info("worker.starting", queue=settings.task_queue, pool=pool, concurrency=concurrency or "cores")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import httpx
 
 from tests.support import PATCH_HEADERS, TUS
@@ -44,3 +47,13 @@ async def upload_bytes(client: httpx.AsyncClient, data: bytes, chunk: int = 1000
 
 def upload_id(path: str) -> str:
     return path.rsplit("/", 1)[-1]
+
+
+async def settled_status(client: httpx.AsyncClient, uid: str) -> dict[str, Any]:
+    """The upload's status once processing has ended (ready or failed), within 30 s."""
+    async with asyncio.timeout(30):
+        while True:
+            status: dict[str, Any] = (await client.get(f"/api/v1/uploads/{uid}")).json()
+            if status["state"] in ("ready", "failed"):
+                return status
+            await asyncio.sleep(0.05)

@@ -85,9 +85,23 @@ def _beat(settings: Settings) -> int:
     app = build_worker_app(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     schedule = settings.data_dir / "beat-schedule"
+    pidfile = settings.data_dir / "beat.pid"
     log.info("beat.starting", every_seconds=settings.cleanup_interval_seconds)
-    app.start(["beat", f"--schedule={schedule}", f"--loglevel={settings.log_level.upper()}"])
+    app.start(
+        ["beat", f"--schedule={schedule}", f"--pidfile={pidfile}", f"--loglevel={settings.log_level.upper()}"]
+    )
     return 0
+
+
+def _ping_worker(settings: Settings) -> int:
+    """Exit 0 when the worker on this host answers (a container health check)."""
+    import socket
+
+    from workers.celery_app import build_celery
+
+    app = build_celery(settings)
+    answers = app.control.ping(destination=[f"celery@{socket.gethostname()}"], timeout=3)
+    return 0 if answers else 1
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -101,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     worker.add_argument("--concurrency", type=int, help="worker processes (default: one per core)")
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
     commands.add_parser("beat", help="run the periodic jobs (expiry, resending lost work)")
+    commands.add_parser("ping-worker", help="exit 0 when this host's worker answers (health checks)")
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -111,4 +126,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(_worker(settings, args.concurrency, args.pool))
     if args.command == "beat":
         sys.exit(_beat(settings))
+    if args.command == "ping-worker":
+        sys.exit(_ping_worker(settings))
     sys.exit(_migrate(settings))

@@ -23,6 +23,7 @@ class Event:
     upload_id: str
     owner: str
     data: dict[str, Any] = field(default_factory=dict)
+    at: float = 0.0  # when it was published (Unix time): clients can measure how late it is
 
     @property
     def is_terminal(self) -> bool:
@@ -49,6 +50,10 @@ class Subscription(Protocol):
         """The next live event, or ``None`` when ``wait_seconds`` pass without one."""
         ...
 
+    def queued(self) -> list[Event]:
+        """Live events already waiting (taken without waiting)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -64,7 +69,8 @@ class LocalEventBus:
 
     async def publish(self, owner: str, upload_id: str, type: str, data: dict[str, Any]) -> Event:
         self._next_id += 1
-        event = Event(id=self._next_id, type=type, upload_id=upload_id, owner=owner, data=data)
+        now = time.time()
+        event = Event(id=self._next_id, type=type, upload_id=upload_id, owner=owner, data=data, at=now)
         events = self._by_upload.get(upload_id)
         if events is None:
             events = self._by_upload[upload_id] = deque(maxlen=self._per_upload)
@@ -89,15 +95,14 @@ class LocalEventBus:
         return None
 
 
-class LocalSubscription:
-    """Live events for one owner (or one of its uploads) until ``close()``.
+class QueueSubscription:
+    """Live events for one owner (or one of its uploads), queued for one reader.
 
     A slow reader loses the oldest undelivered events rather than growing memory; it can
     always catch up from the history with ``Last-Event-ID``.
     """
 
-    def __init__(self, registry: set[LocalSubscription], owner: str, upload_id: str | None) -> None:
-        self._registry = registry
+    def __init__(self, owner: str, upload_id: str | None) -> None:
         self.owner = owner
         self.upload_id = upload_id
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=1000)
@@ -114,6 +119,18 @@ class LocalSubscription:
             return await asyncio.wait_for(self.queue.get(), wait_seconds)
         except TimeoutError:
             return None
+
+    def queued(self) -> list[Event]:
+        waiting = []
+        while not self.queue.empty():
+            waiting.append(self.queue.get_nowait())
+        return waiting
+
+
+class LocalSubscription(QueueSubscription):
+    def __init__(self, registry: set[LocalSubscription], owner: str, upload_id: str | None) -> None:
+        super().__init__(owner, upload_id)
+        self._registry = registry
 
     async def close(self) -> None:
         self._registry.discard(self)

@@ -7,12 +7,16 @@ API process a client reconnects to.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import time
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from uploader.events.bus import Event
+from uploader.events.bus import Event, QueueSubscription
 
 _PUBLISH = """
 local id = redis.call('INCR', KEYS[1])
@@ -31,6 +35,7 @@ def _decode(fields: dict[bytes, bytes]) -> Event:
         upload_id=body["upload_id"],
         owner=body["owner"],
         data=body["data"],
+        at=float(body.get("at", 0.0)),
     )
 
 
@@ -50,16 +55,20 @@ class RedisEventBus:
         self.upload_ttl_seconds = upload_ttl_seconds
         self.redis: Redis = Redis.from_url(url)
         self._publish = self.redis.register_script(_PUBLISH)
+        # One reader per stream for all of this process's subscribers to it: with many
+        # clients following the same events, each event is read and decoded once.
+        self._hubs: dict[str, _StreamHub] = {}
 
     def _stream(self, owner: str, upload_id: str | None) -> str:
         return f"{self.prefix}:upload:{upload_id}" if upload_id else f"{self.prefix}:owner:{owner}"
 
     async def publish(self, owner: str, upload_id: str, type: str, data: dict[str, Any]) -> Event:
-        body = json.dumps({"type": type, "upload_id": upload_id, "owner": owner, "data": data})
+        at = time.time()
+        body = json.dumps({"type": type, "upload_id": upload_id, "owner": owner, "data": data, "at": at})
         keys = [f"{self.prefix}:seq", self._stream(owner, upload_id), self._stream(owner, None)]
         args: list[str | int] = [body, self.per_upload, self.per_owner, self.upload_ttl_seconds]
         event_id = await self._publish(keys=keys, args=args)
-        return Event(id=int(event_id), type=type, upload_id=upload_id, owner=owner, data=data)
+        return Event(id=int(event_id), type=type, upload_id=upload_id, owner=owner, data=data, at=at)
 
     async def history(self, owner: str, upload_id: str | None, after: int | None) -> list[Event]:
         entries: Any = await self.redis.xrange(self._stream(owner, upload_id))
@@ -68,35 +77,73 @@ class RedisEventBus:
 
     async def subscribe(self, owner: str, upload_id: str | None) -> RedisSubscription:
         stream = self._stream(owner, upload_id)
-        newest: Any = await self.redis.xrevrange(stream, count=1)
-        position = newest[0][0] if newest else b"0-0"
-        # A connection of its own: a blocking read must not hold one the others need.
-        return RedisSubscription(Redis.from_url(self.url), stream, position, owner)
+        hub = self._hubs.get(stream)
+        if hub is None:
+            # Read from the newest entry as of now: anything older is history.
+            newest: Any = await self.redis.xrevrange(stream, count=1)
+            hub = self._hubs.get(stream)  # another subscriber may have made it meanwhile
+            if hub is None:
+                hub = self._hubs[stream] = _StreamHub(self, stream, newest[0][0] if newest else b"0-0")
+        return hub.join(owner)
 
     async def close(self) -> None:
+        for hub in list(self._hubs.values()):
+            await hub.stop()
         await self.redis.aclose()
 
 
-class RedisSubscription:
-    def __init__(self, redis: Redis, stream: str, position: bytes, owner: str) -> None:
-        self.redis = redis
+class _StreamHub:
+    """Reads one stream on a connection of its own and hands each event to every member."""
+
+    def __init__(self, bus: RedisEventBus, stream: str, position: bytes) -> None:
+        self.bus = bus
         self.stream = stream
         self.position = position
-        self.owner = owner
-        self.pending: list[Event] = []
+        self.members: set[RedisSubscription] = set()
+        self.redis: Redis = Redis.from_url(bus.url)
+        self.stopped = False
+        self.reader = asyncio.create_task(self._read(), name=f"events-{stream}")
 
-    async def next(self, wait_seconds: float) -> Event | None:
-        while not self.pending:
-            block = max(1, int(wait_seconds * 1000))
-            reply: Any = await self.redis.xread({self.stream: self.position}, block=block)
-            if not reply:
-                return None
-            for entry_id, fields in reply[0][1]:
+    def join(self, owner: str) -> RedisSubscription:
+        member = RedisSubscription(self, owner)
+        self.members.add(member)
+        return member
+
+    async def leave(self, member: RedisSubscription) -> None:
+        self.members.discard(member)
+        if not self.members:
+            await self.stop()
+
+    async def stop(self) -> None:
+        if self.bus._hubs.get(self.stream) is self:
+            del self.bus._hubs[self.stream]
+        self.stopped = True
+        self.reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, RedisError):
+            await self.reader
+        await self.redis.aclose()
+
+    async def _read(self) -> None:
+        while not self.stopped:
+            try:
+                reply: Any = await self.redis.xread({self.stream: self.position}, block=5000)
+            except (RedisError, OSError):
+                # redis-py may turn a cancelled read into a connection error: stop if asked.
+                if self.stopped:
+                    return
+                await asyncio.sleep(0.5)  # Redis went away: members keep waiting, then resume
+                continue
+            for entry_id, fields in reply[0][1] if reply else ():
                 self.position = entry_id
                 event = _decode(fields)
-                if event.owner == self.owner:
-                    self.pending.append(event)
-        return self.pending.pop(0)
+                for member in list(self.members):
+                    member.offer(event)
+
+
+class RedisSubscription(QueueSubscription):
+    def __init__(self, hub: _StreamHub, owner: str) -> None:
+        super().__init__(owner, None)  # the hub's stream is already the upload's or the owner's
+        self.hub = hub
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.hub.leave(self)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import StreamingResponse
@@ -15,13 +17,23 @@ from uploader.kit.errors import ProblemError
 from uploader.uploads.dependencies import checked_upload_id, service_of
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
+_SSE_CACHE: OrderedDict[tuple[int, str], str] = OrderedDict()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 FINISHED = {UploadState.READY, UploadState.FAILED, UploadState.EXPIRED}
 
 
 def sse(event: Event) -> str:
-    payload = {"upload_id": event.upload_id, **event.data}
-    return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
+    """The event as an SSE message; made once per event, however many clients follow it."""
+    key = (event.id, event.upload_id)
+    text = _SSE_CACHE.get(key)
+    if text is None:
+        published = datetime.fromtimestamp(event.at, UTC).isoformat(timespec="microseconds")
+        payload = {"upload_id": event.upload_id, "at": published, **event.data}
+        text = f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
+        _SSE_CACHE[key] = text
+        if len(_SSE_CACHE) > 4096:
+            _SSE_CACHE.popitem(last=False)
+    return text
 
 
 def _after(last_event_id: str | None) -> int | None:
@@ -63,12 +75,18 @@ async def stream(
             if live is None:
                 yield ": keep-alive\n\n"  # keeps proxies from closing an idle stream
                 continue
-            if live.id <= last:
-                continue
-            yield sse(live)
-            last = live.id
-            if upload_id and live.is_terminal:
-                return
+            # Events that arrived together leave together: one write for a burst.
+            chunk: list[str] = []
+            for event in [live, *subscription.queued()]:
+                if event.id <= last:
+                    continue
+                chunk.append(sse(event))
+                last = event.id
+                if upload_id and event.is_terminal:
+                    yield "".join(chunk)
+                    return
+            if chunk:
+                yield "".join(chunk)
     finally:
         await subscription.close()
 

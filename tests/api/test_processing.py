@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 
@@ -124,3 +125,20 @@ async def test_reprocess_runs_the_pipeline_again(app_client: httpx.AsyncClient) 
     assert refused.status_code == 409
     assert refused.json()["code"] == "upload.incomplete"
     assert (await app_client.post("/api/v1/uploads/" + "0" * 32 + "/reprocess")).status_code == 404
+
+
+async def test_terminating_while_processing_leaves_no_variants_behind(
+    app_client: httpx.AsyncClient, settings: Settings
+) -> None:
+    pictures = [jpeg(1600 + 100 * i, 1000) for i in range(4)]
+    ids = [await upload(app_client, data, f"p{i}.jpg", "image/jpeg") for i, data in enumerate(pictures)]
+    for uid in ids:  # each at a different point of its pipeline, or before it started
+        response = await app_client.delete(f"/files/{uid}", headers={"Tus-Resumable": "1.0.0"})
+        assert response.status_code == 204
+    processor = app_client.app.state.runtime.processor  # type: ignore[attr-defined]
+    async with asyncio.timeout(30):
+        while processor._tasks:
+            await asyncio.sleep(0.05)
+    assert stored_objects(settings) == []
+    for uid in ids:
+        assert (await app_client.get(f"/api/v1/uploads/{uid}")).status_code == 404

@@ -52,6 +52,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 STEPS = ("sniff", "sha256", "variants")
 PROGRESS_INTERVAL = 0.25  # seconds between progress events of one step
+RECORD_STEPS_AFTER = 0.2  # a step taking longer is recorded on its own
 
 
 class StepFailed(Exception):
@@ -89,11 +90,12 @@ class Pipeline:
             await self._publish(upload, "upload.processing")
         else:
             log.info("processing.resumed", upload_id=upload_id)
+        unrecorded: dict[str, Any] = {}
         try:
             async with asyncio.timeout(self.settings.task_soft_time_limit_seconds):
                 for step in STEPS:
-                    if not await self._step(upload, step):
-                        return upload.state  # removed (or failed) while processing
+                    if not await self._step(upload, step, unrecorded):
+                        return await self._left_processing(upload)
         except TRANSIENT_ERRORS:
             raise
         except StepFailed as exc:
@@ -107,12 +109,20 @@ class Pipeline:
             log.exception("processing.crashed", upload_id=upload_id)
             await self.fail(upload_id, f"processing.error: {type(exc).__name__}: {exc}")
             return UploadState.FAILED
-        if await self._advance(
-            upload, UploadState.PROCESSING, state=UploadState.READY, processing=self._finished(upload)
-        ):
-            log.info("processing.ready", upload_id=upload_id, detected_type=upload.detected_type)
-            await self._publish(upload, "upload.ready")
+        unrecorded["processing"] = self._finished(upload)
+        if not await self._advance(upload, UploadState.PROCESSING, state=UploadState.READY, **unrecorded):
+            return await self._left_processing(upload)
+        log.info("processing.ready", upload_id=upload_id, detected_type=upload.detected_type)
+        await self._publish(upload, "upload.ready")
         return upload.state
+
+    async def _left_processing(self, upload: Upload) -> str | None:
+        """The upload left ``processing`` under this run (terminated, expired, or finished
+        by another delivery). Variants written for an upload that is gone go too."""
+        current = await self.db.run(lambda s: repository.get(s, upload.id))
+        if current is None or current.is_gone:
+            await self.store.delete_derived(upload.storage_key)
+        return current.state if current is not None else None
 
     async def fail(self, upload_id: str, reason: str) -> bool:
         """End a received or processing upload in ``failed``; False if it was elsewhere."""
@@ -130,16 +140,23 @@ class Pipeline:
 
     # -- steps -------------------------------------------------------------------------
 
-    async def _step(self, upload: Upload, step: str) -> bool:
+    async def _step(self, upload: Upload, step: str, unrecorded: dict[str, Any]) -> bool:
+        """Run one step. Its results are recorded at once if it took a while (the status
+        then shows it); a quick step's go with the next write, saving a transaction."""
         await self._publish(upload, "processing.step_started", step=step)
         begun = time.monotonic()
         fields, outcome = await getattr(self, f"_{step}")(upload)
+        seconds = time.monotonic() - begun
         processing = dict(upload.processing or {})
-        steps = dict(processing.get("steps", {}))
-        steps[step] = {"state": outcome, "seconds": round(time.monotonic() - begun, 3)}
-        processing["steps"] = steps
-        if not await self._advance(upload, UploadState.PROCESSING, processing=processing, **fields):
-            return False
+        done = {"state": outcome, "seconds": round(seconds, 3)}
+        processing["steps"] = {**processing.get("steps", {}), step: done}
+        unrecorded.update(fields, processing=processing)
+        for name, value in unrecorded.items():
+            setattr(upload, name, value)  # later steps see what earlier ones found
+        if seconds >= RECORD_STEPS_AFTER:
+            if not await self._advance(upload, UploadState.PROCESSING, **unrecorded):
+                return False
+            unrecorded.clear()
         await self._publish(upload, "processing.step_done", step=step, outcome=outcome)
         return True
 

@@ -137,8 +137,7 @@ async def test_terminating_while_processing_leaves_no_variants_behind(
         assert response.status_code == 204
     processor = app_client.app.state.runtime.processor  # type: ignore[attr-defined]
     async with asyncio.timeout(30):
-        while processor._tasks:
-            await asyncio.sleep(0.05)
+        await asyncio.gather(*processor._tasks, return_exceptions=True)
     assert stored_objects(settings) == []
     for uid in ids:
         assert (await app_client.get(f"/api/v1/uploads/{uid}")).status_code == 404

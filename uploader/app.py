@@ -12,6 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 from uploader import __version__
 from uploader.downloads.router import router as downloads_router
 from uploader.events.router import router as events_router
+from uploader.forms.router import router as forms_router
 from uploader.health.router import router as health_router
 from uploader.kit.errors import install_error_handlers
 from uploader.kit.logging import get_logger
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(build_tus_router(settings.tus_path))
     app.include_router(uploads_router)
+    app.include_router(forms_router)
     app.include_router(downloads_router)
     app.include_router(events_router)
     app.include_router(health_router)

@@ -62,6 +62,16 @@ def event_data(upload: Upload) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class ReceivedFile:
+    """A file already written to storage and finished, not yet recorded."""
+
+    storage_key: str
+    length: int
+    sha256: str
+    meta: dict[str, str | None]
+
+
 def new_upload_id() -> str:
     return secrets.token_hex(16)
 
@@ -192,6 +202,39 @@ class UploadService:
             await self._complete(upload, await self.store.find(upload.storage_key))
             await self._after_complete(upload)
         return upload
+
+    async def add_received(self, owner: str, files: list[ReceivedFile]) -> list[Upload]:
+        """Uploads whose bytes are already stored and finished (the files of a form):
+        recorded together in one transaction, then processed as completed tus uploads are."""
+        now = utcnow()
+        state = UploadState.RECEIVED if self.processor is not None else UploadState.READY
+        uploads = [
+            Upload(
+                id=new_upload_id(),
+                owner=owner,
+                state=state,
+                length=file.length,
+                offset=file.length,
+                storage_key=file.storage_key,
+                meta=file.meta,
+                filename=filename_of(file.meta),
+                declared_type=declared_type_of(file.meta),
+                sha256=file.sha256,
+                created_at=now,
+                updated_at=now,
+                completed_at=now,
+            )
+            for file in files
+        ]
+        await self.db.run(lambda s: [repository.insert(s, upload) for upload in uploads])
+        for upload in uploads:
+            log.info("upload.received", upload_id=upload.id, length=upload.length, via="form")
+            await self._publish(upload, "upload.created")
+            await self._publish(upload, "upload.received")
+            if state == UploadState.READY:
+                await self._publish(upload, "upload.ready")
+            await self._after_complete(upload)
+        return uploads
 
     async def create_final(self, owner: str, part_ids: list[str], meta: dict[str, str | None]) -> Upload:
         """Concatenation: a final upload made of the caller's partial uploads, in order."""

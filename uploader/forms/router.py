@@ -1,0 +1,100 @@
+"""``POST /api/v1/uploads``: files from a ``multipart/form-data`` body, streamed to storage.
+
+Every file part goes straight into a new stored object as it arrives. The uploads are
+recorded only once the whole form has arrived: a request cut off half-way (or refused
+for a part too large) removes what it stored and leaves no upload behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import secrets
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import JSONResponse
+
+from uploader.auth.dependencies import Principal, current_principal
+from uploader.forms.reader import FormError, FormReader
+from uploader.kit.errors import ProblemError
+from uploader.kit.logging import get_logger
+from uploader.storage.base import RunningDigest, StoredUpload, TerminatableUpload, WriteProgress
+from uploader.uploads.body import BodyTooLong, RequestBody
+from uploader.uploads.dependencies import service_of
+from uploader.uploads.schemas import UploadStatus
+from uploader.uploads.service import ReceivedFile, UploadService
+
+log = get_logger(__name__)
+router = APIRouter(prefix="/api/v1/uploads", tags=["uploads"])
+MAX_FILES = 100
+
+
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+@router.post("", status_code=201, responses={201: {"description": "The created uploads"}})
+async def upload_form(request: Request, principal: Principal = Depends(current_principal)) -> JSONResponse:
+    """Upload one or more files as ``multipart/form-data`` (``curl -F file=@photo.jpg``).
+
+    Other form fields become metadata of every file of the request. Processing starts
+    as for tus uploads."""
+    service = service_of(request)
+    try:
+        reader = FormReader(request.headers.get("content-type"), request.stream())
+    except FormError as exc:
+        raise ProblemError(exc.code, exc.detail) from None
+    stored: list[StoredUpload] = []
+    # Storage failures reach the error handlers (503 storage.unavailable, 507 storage.full).
+    try:
+        files = await _receive(service, reader, stored)
+        uploads = await service.add_received(principal.name, files)
+    except BaseException:
+        for leftover in stored:  # nothing of a failed form stays behind
+            if isinstance(leftover, TerminatableUpload):
+                with contextlib.suppress(Exception):
+                    await leftover.terminate()
+        raise
+    tus_path = request.app.state.settings.tus_path
+    body = {"uploads": [UploadStatus.of(u, tus_path).model_dump(mode="json") for u in uploads]}
+    return JSONResponse(body, status_code=201)
+
+
+async def _receive(
+    service: UploadService, reader: FormReader, stored: list[StoredUpload]
+) -> list[ReceivedFile]:
+    fields: dict[str, str] = {}
+    pending: list[tuple[str, int, str, str, str | None]] = []
+    limit = service.settings.max_upload_size
+    try:
+        while (part := await reader.next_part()) is not None:
+            if part.filename is None:
+                fields[part.name] = await reader.field_value()
+                continue
+            if len(pending) >= MAX_FILES:
+                raise ProblemError("form.too_many_parts", f"more than {MAX_FILES} files in one form")
+            key = secrets.token_hex(16)
+            target = await service.store.create(key, None)
+            stored.append(target)
+            body = RequestBody(reader.data(), limit)
+            digest = RunningDigest()
+            try:
+                written = await target.write_chunk(0, body, WriteProgress(), None, digest)
+            except BodyTooLong:
+                raise ProblemError("upload.too_large", f"a file is over the {limit}-byte limit") from None
+            if body.disconnected:
+                raise FormError("form.truncated", "the client went away in the middle of a file")
+            await target.finish(written)
+            pending.append((key, written, digest.hexdigest(), part.filename, part.content_type))
+    except FormError as exc:
+        raise ProblemError(exc.code, exc.detail) from None
+    if not pending:
+        raise ProblemError("form.no_files", "the form has no file parts")
+    shared = {name: _b64(value) for name, value in fields.items()}
+    files = []
+    for key, length, sha256, filename, content_type in pending:
+        meta: dict[str, str | None] = {**shared, "filename": _b64(filename)}
+        if content_type:
+            meta["filetype"] = _b64(content_type)
+        files.append(ReceivedFile(storage_key=key, length=length, sha256=sha256, meta=meta))
+    return files

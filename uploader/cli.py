@@ -1,4 +1,5 @@
-"""The ``uploader`` command: ``serve``, ``worker``, ``beat`` and ``migrate``."""
+"""The ``uploader`` command: the service (``serve``, ``worker``, ``beat``, ``migrate``) and
+its client (``upload``, ``status``, ``watch``, ``download``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import argparse
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -104,6 +107,54 @@ def _ping_worker(settings: Settings) -> int:
     return 0 if answers else 1
 
 
+CLIENT_COMMANDS = {"upload", "status", "watch", "download"}
+
+
+def _client_commands(commands: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="the service (default $UPLOADER_URL or http://127.0.0.1:8000)")
+    common.add_argument("--api-key", help="API key (default $UPLOADER_API_KEY)")
+    upload = commands.add_parser(
+        "upload", parents=[common], help="upload files resumably (tus); prints each upload's URL"
+    )
+    upload.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    upload.add_argument("--chunk-size", default="8MiB", help="bytes per request (default 8MiB)")
+    upload.add_argument("--parallel", type=int, default=1, help="parts sent at once, joined by concatenation")
+    upload.add_argument("--watch", action="store_true", help="then follow processing until it ends")
+    status = commands.add_parser("status", parents=[common], help="print an upload's status as JSON")
+    status.add_argument("upload", metavar="ID", help="upload id or URL")
+    watch = commands.add_parser(
+        "watch", parents=[common], help="follow an upload until it is ready or failed"
+    )
+    watch.add_argument("upload", metavar="ID", help="upload id or URL")
+    download = commands.add_parser(
+        "download", parents=[common], help="download an upload or a variant (resumable)"
+    )
+    download.add_argument("upload", metavar="ID", help="upload id or URL")
+    download.add_argument("--variant", help="a variant's name, e.g. 256.webp")
+    download.add_argument("-o", "--output", type=Path, help="file to write (default: the upload's file name)")
+
+
+def _run_client(args: argparse.Namespace) -> int:
+    from uploader.client import commands as client
+
+    server = client.server_url(args.url)
+    if args.command == "upload":
+        try:
+            chunk_size = client.parse_size(args.chunk_size)
+        except ValueError as exc:
+            client.stderr.print(f"[red]error[/]: {exc}")
+            return 2
+        return client.run(
+            lambda: client.upload(args.files, server, chunk_size, args.parallel, args.watch, args.api_key)
+        )
+    if args.command == "status":
+        return client.run(lambda: client.status(args.upload, server, args.api_key))
+    if args.command == "watch":
+        return client.run(lambda: client.watch(args.upload, server, args.api_key))
+    return client.run(lambda: client.download(args.upload, server, args.variant, args.output, args.api_key))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="uploader", description="Resumable upload service.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -116,7 +167,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
     commands.add_parser("beat", help="run the periodic jobs (expiry, resending lost work)")
     commands.add_parser("ping-worker", help="exit 0 when this host's worker answers (health checks)")
+    _client_commands(commands)
     args = parser.parse_args(argv)
+    if args.command in CLIENT_COMMANDS:
+        sys.exit(_run_client(args))
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)

@@ -38,6 +38,9 @@ TUS_HEADERS = [
     "Upload-Concat",
     "Upload-Expires",
     "Upload-Checksum",
+    "Upload-Complete",
+    "Upload-Draft-Interop-Version",
+    "Upload-Limit",
     "Location",
 ]
 ALLOWED_HEADERS = [
@@ -51,8 +54,16 @@ ALLOWED_HEADERS = [
     "If-None-Match",
     "If-Range",
     "Last-Event-ID",
+    "Content-Disposition",
 ]
-EXPOSED_HEADERS = [*TUS_HEADERS, "ETag", "Content-Range", "Content-Disposition", "Content-Length"]
+EXPOSED_HEADERS = [
+    *TUS_HEADERS,
+    "ETag",
+    "Content-Range",
+    "Content-Disposition",
+    "Content-Length",
+    "Accept-Patch",
+]
 
 
 async def _cleanup_loop(service: UploadService, interval: float) -> None:

@@ -231,6 +231,28 @@ def test_tus_js_client_parallel_concatenation(
     assert status["filename"] == "parallel.bin"
 
 
+def test_tus_js_client_speaks_the_ietf_draft(
+    live_server: LiveServer, node_client: NodeClient, tmp_path: Path
+) -> None:
+    """tus-js-client's ``ietf-draft-05`` protocol (interop version 6) end to end."""
+    source = random_file(tmp_path / "ietf.bin", 3 * MiB + 5)
+    url = node_client.upload(
+        live_server.tus_url,
+        source,
+        "--protocol",
+        "ietf-draft-05",
+        "--chunk-size",
+        str(1 * MiB),
+        "--metadata",
+        "filename=ietf.bin",
+    )
+    status = assert_stored(live_server, url, source)
+    assert status["filename"] == "ietf.bin"
+    state = httpx.head(url, headers={"Upload-Draft-Interop-Version": "6"})
+    assert state.headers["Upload-Complete"] == "?1"
+    assert state.headers["Upload-Limit"].endswith(f"expires={86400}")  # draft 05's name for max-age
+
+
 # --------------------------------------------------------------------------- curl
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // Upload one file to a tus 1.0 server with tus-js-client (the Node build).
 //
-//   node tus_upload.mjs ENDPOINT FILE [--chunk-size N] [--parallel N] [--metadata k=v ...]
+//   node tus_upload.mjs ENDPOINT FILE [--chunk-size N] [--parallel N] [--protocol P] [--metadata k=v ...]
+//
+// --protocol is tus-js-client's: tus-v1 (default), ietf-draft-03 or ietf-draft-05.
 //
 // On success the final upload URL is printed on stdout (its only output) and
 // the exit code is 0. On failure the error goes to stderr and the exit code is 1.
@@ -16,7 +18,7 @@ import process from 'node:process'
 import * as tus from 'tus-js-client'
 
 const USAGE =
-  'usage: node tus_upload.mjs ENDPOINT FILE [--chunk-size N] [--parallel N] [--metadata k=v ...]'
+  'usage: node tus_upload.mjs ENDPOINT FILE [--chunk-size N] [--parallel N] [--protocol P] [--metadata k=v ...]'
 
 function fail(message) {
   process.stderr.write(`${message}\n`)
@@ -31,7 +33,7 @@ function positiveInt(flag, value) {
 
 function parseArgs(argv) {
   const positional = []
-  const options = { chunkSize: Number.POSITIVE_INFINITY, parallel: 1, metadata: {} }
+  const options = { chunkSize: Number.POSITIVE_INFINITY, parallel: 1, protocol: 'tus-v1', metadata: {} }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]
     const needValue = () => {
@@ -42,6 +44,8 @@ function parseArgs(argv) {
       options.chunkSize = positiveInt(arg, needValue())
     } else if (arg === '--parallel') {
       options.parallel = positiveInt(arg, needValue())
+    } else if (arg === '--protocol') {
+      options.protocol = needValue()
     } else if (arg === '--metadata') {
       // Take every following k=v word until the next flag.
       let taken = 0
@@ -66,13 +70,14 @@ function parseArgs(argv) {
   return { endpoint: positional[0], file: positional[1], ...options }
 }
 
-function upload({ endpoint, file, chunkSize, parallel, metadata }) {
+function upload({ endpoint, file, chunkSize, parallel, protocol, metadata }) {
   return new Promise((resolve, reject) => {
     const size = fs.statSync(file).size
     const input = fs.createReadStream(file)
     const up = new tus.Upload(input, {
       endpoint,
       chunkSize,
+      protocol,
       parallelUploads: parallel,
       metadata,
       // Each partial upload of a parallel upload gets the filename too, so the

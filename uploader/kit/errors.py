@@ -20,6 +20,10 @@ log = get_logger(__name__)
 class ErrorKind:
     status: int
     title: str
+    type_uri: str | None = None  # a registered problem type, where one exists
+
+
+IANA_PROBLEMS = "https://iana.org/assignments/http-problem-types#"
 
 
 ERRORS: dict[str, ErrorKind] = {
@@ -53,6 +57,20 @@ ERRORS: dict[str, ErrorKind] = {
     "form.too_many_parts": ErrorKind(413, "The form has too many parts"),
     "form.field_too_large": ErrorKind(413, "A form field is too large"),
     "form.header_too_large": ErrorKind(400, "A part's headers are too large"),
+    "ietf.version_unsupported": ErrorKind(400, "Unsupported Upload-Draft-Interop-Version"),
+    "ietf.header_invalid": ErrorKind(400, "A resumable-upload header is malformed"),
+    "ietf.content_type": ErrorKind(415, "Appends must be application/partial-upload"),
+    "ietf.mismatching_offset": ErrorKind(
+        409,
+        "offset from request does not match offset of resource",
+        IANA_PROBLEMS + "mismatching-upload-offset",
+    ),
+    "ietf.completed_upload": ErrorKind(
+        400, "upload is already completed", IANA_PROBLEMS + "completed-upload"
+    ),
+    "ietf.inconsistent_length": ErrorKind(
+        400, "inconsistent length values for upload", IANA_PROBLEMS + "inconsistent-upload-length"
+    ),
     "range.not_satisfiable": ErrorKind(416, "Range not satisfiable"),
     "pagination.cursor_invalid": ErrorKind(400, "Pagination cursor is invalid"),
     "storage.full": ErrorKind(507, "Storage is full"),
@@ -65,13 +83,20 @@ ERRORS: dict[str, ErrorKind] = {
 class ProblemError(Exception):
     """An error with a stable code from ``ERRORS``; becomes a problem-details response."""
 
-    def __init__(self, code: str, detail: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        detail: str | None = None,
+        headers: dict[str, str] | None = None,
+        members: dict[str, Any] | None = None,
+    ) -> None:
         if code not in ERRORS:
             raise KeyError(f"unknown error code {code}")
         super().__init__(detail or ERRORS[code].title)
         self.code = code
         self.detail = detail or ERRORS[code].title
         self.headers = headers or {}
+        self.members = members or {}  # extension members of the problem document
 
     @property
     def status(self) -> int:
@@ -79,21 +104,31 @@ class ProblemError(Exception):
 
 
 def problem_response(
-    request: Request, code: str, detail: str, headers: dict[str, str] | None = None
+    request: Request,
+    code: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    members: dict[str, Any] | None = None,
 ) -> Response:
     kind = ERRORS[code]
     body: dict[str, Any] = {
-        "type": f"https://uploader.dev/problems/{code}",
+        "type": kind.type_uri or f"https://uploader.dev/problems/{code}",
         "title": kind.title,
         "status": kind.status,
         "detail": detail,
         "code": code,
         "instance": request.url.path,
+        **(members or {}),
     }
     all_headers = dict(headers or {})
     tus_path: str = getattr(request.app.state, "tus_path", "/files/")
     if request.url.path.startswith(tus_path.rstrip("/")):
-        all_headers.setdefault("Tus-Resumable", "1.0.0")
+        if "upload-draft-interop-version" in request.headers:
+            all_headers.setdefault(
+                "Upload-Draft-Interop-Version", request.headers["upload-draft-interop-version"]
+            )
+        else:
+            all_headers.setdefault("Tus-Resumable", "1.0.0")
     if request.method == "HEAD":
         # HEAD responses carry no body, but keep the headers.
         return Response(status_code=kind.status, headers=all_headers)
@@ -108,7 +143,7 @@ _STATUS_CODES = {400: "request.invalid", 404: "request.not_found", 405: "request
 def install_error_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProblemError)
-        return problem_response(request, exc.code, exc.detail, exc.headers)
+        return problem_response(request, exc.code, exc.detail, exc.headers, exc.members)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

@@ -1,5 +1,6 @@
 """tus 1.0.0 at ``/files/``: core, creation (with upload, deferred length), termination,
-expiration, checksum and concatenation (including unfinished parts)."""
+expiration, checksum and concatenation (including unfinished parts). Requests carrying
+``Upload-Draft-Interop-Version`` are the IETF draft's, handled by ``ietf``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from uploader.auth.dependencies import Principal, current_principal
 from uploader.db.models import ConcatRole, Upload
 from uploader.downloads.responses import content_response
 from uploader.kit.errors import ProblemError
+from uploader.protocols import ietf
 from uploader.protocols.tus_headers import (
     CHECKSUM_ALGORITHMS,
     TUS_EXTENSIONS,
@@ -73,9 +75,12 @@ def build_tus_router(tus_path: str) -> APIRouter:
     collection = tus_path
     resource = tus_path + "{upload_id}"
 
-    def location_of(request: Request, upload: Upload) -> str:
+    def location_of_id(request: Request) -> str:
         base = request.app.state.settings.public_url or str(request.base_url)
-        return f"{base.rstrip('/')}{tus_path}{upload.id}"
+        return f"{base.rstrip('/')}{tus_path}"
+
+    def location_of(request: Request, upload: Upload) -> str:
+        return location_of_id(request) + upload.id
 
     @router.options(collection, status_code=204)
     @router.options(resource, status_code=204)
@@ -89,12 +94,15 @@ def build_tus_router(tus_path: str) -> APIRouter:
                 "Tus-Extension": TUS_EXTENSIONS,
                 "Tus-Max-Size": str(request.app.state.settings.max_upload_size),
                 "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
+                **ietf.options_headers(request),
             },
         )
 
     @router.post(collection, status_code=201)
     async def create(request: Request, principal: Principal = Depends(current_principal)) -> Response:
         """Create an upload (optionally with its first bytes, or as a concatenation)."""
+        if version := ietf.interop_version(request):
+            return await ietf.create(request, principal, version, location_of_id(request))
         require_tus(request)
         service = service_of(request)
         headers = request.headers
@@ -148,6 +156,8 @@ def build_tus_router(tus_path: str) -> APIRouter:
         request: Request, upload_id: str, principal: Principal = Depends(current_principal)
     ) -> Response:
         """The upload's offset, length and metadata."""
+        if version := ietf.interop_version(request):
+            return await ietf.head(request, principal, version, upload_id)
         require_tus(request)
         upload = await service_of(request).get_settled(principal.name, checked_upload_id(upload_id))
         return Response(status_code=200, headers=upload_headers(upload, tus_path))
@@ -157,6 +167,8 @@ def build_tus_router(tus_path: str) -> APIRouter:
         request: Request, upload_id: str, principal: Principal = Depends(current_principal)
     ) -> Response:
         """Append bytes at Upload-Offset."""
+        if version := ietf.interop_version(request):
+            return await ietf.append(request, principal, version, upload_id)
         require_tus(request)
         if _media_type(request) != OFFSET_STREAM:
             raise ProblemError("tus.content_type")
@@ -187,8 +199,12 @@ def build_tus_router(tus_path: str) -> APIRouter:
         request: Request, upload_id: str, principal: Principal = Depends(current_principal)
     ) -> Response:
         """Terminate the upload and remove its bytes."""
-        require_tus(request)
+        version = ietf.interop_version(request)
+        if version is None:
+            require_tus(request)
         await service_of(request).terminate(principal.name, checked_upload_id(upload_id))
+        if version is not None:
+            return Response(status_code=204, headers={"Upload-Draft-Interop-Version": version})
         return Response(status_code=204, headers={"Tus-Resumable": TUS_VERSION})
 
     @router.get(resource)

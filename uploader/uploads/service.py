@@ -378,6 +378,22 @@ class UploadService:
         if upload.offset != offset:
             await self.db.run(lambda s: repository.set_fields(s, upload, offset=offset))
 
+    async def complete_at_offset(self, owner: str, upload_id: str) -> Upload:
+        """The client says every byte has been sent: the upload's length is its offset now."""
+        async with self._locked(upload_id):
+            upload = await self.get(owner, upload_id)
+            was_complete = upload.is_complete
+            if not was_complete:
+                if upload.length is not None and upload.length != upload.offset:
+                    raise ProblemError(
+                        "ietf.inconsistent_length",
+                        f"the upload is {upload.length} bytes long but only {upload.offset} arrived",
+                    )
+                await self._declare_length(upload, upload.offset)
+        if upload.is_complete and not was_complete:
+            await self._after_complete(upload)
+        return upload
+
     async def _declare_length(self, upload: Upload, length: int) -> None:
         if upload.length is not None:
             if upload.length != length:

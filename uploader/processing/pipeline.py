@@ -142,7 +142,8 @@ class Pipeline:
 
     async def _step(self, upload: Upload, step: str, unrecorded: dict[str, Any]) -> bool:
         """Run one step. Its results are recorded at once if it took a while (the status
-        then shows it); a quick step's go with the next write, saving a transaction."""
+        then shows it) or made variants (announced as downloadable only once recorded);
+        a quick step's go with the next write, saving a transaction."""
         await self._publish(upload, "processing.step_started", step=step)
         begun = time.monotonic()
         fields, outcome = await getattr(self, f"_{step}")(upload)
@@ -153,10 +154,13 @@ class Pipeline:
         unrecorded.update(fields, processing=processing)
         for name, value in unrecorded.items():
             setattr(upload, name, value)  # later steps see what earlier ones found
-        if seconds >= RECORD_STEPS_AFTER:
+        variants = fields.get("variants") or []
+        if seconds >= RECORD_STEPS_AFTER or variants:
             if not await self._advance(upload, UploadState.PROCESSING, **unrecorded):
                 return False
             unrecorded.clear()
+        for variant in variants:
+            await self._publish(upload, "variant.ready", variant=variant)
         await self._publish(upload, "processing.step_done", step=step, outcome=outcome)
         return True
 
@@ -212,7 +216,6 @@ class Pipeline:
             await self._publish(
                 upload, "processing.step_progress", step="variants", progress=done / len(rendered)
             )
-            await self._publish(upload, "variant.ready", variant=entry)
         # Variants of an earlier run under names no longer configured go away.
         await self.store.delete_derived(upload.storage_key, keep={v["name"] for v in variants})
         return {"media": facts.as_json(), "variants": variants}, "done"

@@ -22,6 +22,8 @@ from uploader.runtime import Runtime
 from uploader.settings import Settings
 from uploader.uploads.router import router as uploads_router
 from uploader.uploads.service import UploadService
+from uploader.web.router import router as web_router
+from uploader.web.router import static_files
 
 log = get_logger(__name__)
 
@@ -126,6 +128,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(downloads_router)
     app.include_router(events_router)
     app.include_router(health_router)
+    app.include_router(web_router)
+    app.mount("/static", static_files(), name="static")
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

@@ -110,31 +110,80 @@ new Uppy({ autoProceed: true })
 
 
 def test_uppy_on_another_origin_uploads_to_the_api(
-    live_server: LiveServer, browser: Any, tmp_path: Path
+    live_server: LiveServer, browser: Any, other_origin: str, tmp_path: Path
 ) -> None:
+    source = random_file(tmp_path / "data.bin", 1024 * 1024 + 7)
+    page = browser.new_page()
+    page.goto(f"{other_origin}/index.html")
+    page.locator(".uppy-Dashboard-input").first.set_input_files(str(source))
+    page.wait_for_function("() => document.getElementById('result').textContent.length > 0", timeout=30_000)
+    status = json.loads(page.locator("#result").inner_text())
+    assert status["length"] == source.stat().st_size
+    assert status["filename"] == "data.bin"
+    assert httpx.get(f"{live_server.url}{status['links']['content']}").content == source.read_bytes()
+    page.close()
+
+
+FORMS_PAGE = """<!doctype html>
+<html><head><link rel="stylesheet" href="uppy.min.css"></head>
+<body>
+<form id="plain" action="__API__/api/v1/uploads" method="post" enctype="multipart/form-data">
+  <input type="file" name="file" multiple> <input name="album" value="plain form"> <button>Send</button>
+</form>
+<div id="widget"></div><pre id="result"></pre>
+<script type="module">
+import { Dashboard, Uppy, XHRUpload } from './uppy.min.mjs'
+new Uppy({ autoProceed: true, meta: { album: 'uppy' } })
+  .use(Dashboard, { inline: true, target: '#widget' })
+  .use(XHRUpload, { endpoint: '__API__/api/v1/uploads', fieldName: 'file', allowedMetaFields: ['album'] })
+  .on('upload-success', (file, response) => {
+    document.getElementById('result').textContent = JSON.stringify(response.body)
+  })
+</script></body></html>
+"""
+
+
+@pytest.fixture
+def other_origin(live_server: LiveServer, tmp_path: Path) -> Iterator[str]:
+    """A static site on another origin (another port) with the Uppy bundle and a forms page."""
     site = tmp_path / "site"
     site.mkdir()
     for name in ("uppy.min.mjs", "uppy.min.css"):
         shutil.copy(VENDOR / name, site / name)
+    (site / "forms.html").write_text(FORMS_PAGE.replace("__API__", live_server.url))
     (site / "index.html").write_text(CROSS_ORIGIN_PAGE.replace("__API__", live_server.url))
-    handler = functools.partial(_QuietHandler, directory=str(site))
-    other_origin = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=other_origin.serve_forever, daemon=True).start()
-    source = random_file(tmp_path / "data.bin", 1024 * 1024 + 7)
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(site))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{other_origin.server_address[1]}/index.html")
-        page.locator(".uppy-Dashboard-input").first.set_input_files(str(source))
-        result = page.locator("#result")
-        page.wait_for_function(
-            "() => document.getElementById('result').textContent.length > 0", timeout=30_000
-        )
-        status = json.loads(result.inner_text())
-        assert status["length"] == source.stat().st_size
-        assert status["filename"] == "data.bin"
-        stored = httpx.get(f"{live_server.url}{status['links']['content']}").content
-        assert stored == source.read_bytes()
-        page.close()
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
-        other_origin.shutdown()
-        other_origin.server_close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_forms_from_a_browser_plain_html_and_uppy_xhr_upload(
+    live_server: LiveServer, browser: Any, other_origin: str, tmp_path: Path
+) -> None:
+    first = random_file(tmp_path / "one.bin", 300_000)
+    second = random_file(tmp_path / "two.bin", 200_001)
+    page = browser.new_page()
+    page.goto(f"{other_origin}/forms.html")
+    # A plain <form>: the browser navigates to the JSON answer.
+    page.locator("#plain input[type=file]").set_input_files([str(first), str(second)])
+    with page.expect_navigation():
+        page.locator("#plain button").click()
+    created = json.loads(page.locator("body").inner_text())["uploads"]
+    assert [u["filename"] for u in created] == ["one.bin", "two.bin"]
+    assert {u["metadata"]["album"] for u in created} == {"plain form"}
+    # Uppy's XHR upload plugin, cross-origin.
+    page.goto(f"{other_origin}/forms.html")
+    page.locator(".uppy-Dashboard-input").first.set_input_files(str(first))
+    page.wait_for_function("() => document.getElementById('result').textContent.length > 0", timeout=30_000)
+    uploaded = json.loads(page.locator("#result").inner_text())["uploads"][0]
+    assert uploaded["filename"] == "one.bin"
+    assert uploaded["metadata"]["album"] == "uppy"
+    stored = httpx.get(f"{live_server.url}{uploaded['links']['content']}").content
+    assert stored == first.read_bytes()
+    page.close()

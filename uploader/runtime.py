@@ -7,8 +7,7 @@ store, event bus (with webhooks), locks, the upload service and the pipeline.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from celery import Celery
+from typing import TYPE_CHECKING, Any
 
 from uploader.db.engine import Database
 from uploader.events.bus import EventBus, LocalEventBus
@@ -16,7 +15,6 @@ from uploader.events.redis_bus import RedisEventBus
 from uploader.processing.base import Processor
 from uploader.processing.embedded import EmbeddedProcessor
 from uploader.processing.pipeline import Pipeline
-from uploader.processing.queued import QueuedProcessor, QueuedWebhooks
 from uploader.settings import Settings
 from uploader.storage.base import UploadStore
 from uploader.storage.registry import build_store
@@ -24,7 +22,9 @@ from uploader.uploads.locks import LocalLocker, UploadLocker
 from uploader.uploads.redis_locks import RedisLocker
 from uploader.uploads.service import UploadService
 from uploader.webhooks.delivery import EmbeddedWebhooks, WebhookDispatcher, WebhookingEventBus
-from workers.celery_app import build_celery
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 
 @dataclass
@@ -43,7 +43,13 @@ class Runtime:
     async def start(cls, settings: Settings, *, serves_requests: bool = True) -> Runtime:
         """``serves_requests``: the API process (it may run the pipeline itself); a worker
         process only runs what its tasks ask for."""
-        celery = build_celery(settings) if settings.processing == "celery" else None
+        celery: Celery | None = None
+        queued: Any = None
+        if settings.processing == "celery":  # Celery is imported only where it is used
+            from uploader.processing import queued
+            from workers.celery_app import build_celery
+
+            celery = build_celery(settings)
         db = Database(settings.resolved_database_url)
         store = build_store(settings)
         await store.start()
@@ -54,7 +60,7 @@ class Runtime:
         )
         if settings.webhook_url:
             dispatcher: WebhookDispatcher = (
-                QueuedWebhooks(celery, settings) if celery is not None else EmbeddedWebhooks(settings)
+                queued.QueuedWebhooks(celery, settings) if celery is not None else EmbeddedWebhooks(settings)
             )
             events = WebhookingEventBus(events, dispatcher)
         locker: UploadLocker = (
@@ -68,7 +74,7 @@ class Runtime:
         if serves_requests and settings.processing == "embedded":
             processor = EmbeddedProcessor(settings, db, pipeline)
         elif serves_requests and celery is not None:
-            processor = QueuedProcessor(celery, settings)
+            processor = queued.QueuedProcessor(celery, settings)
         service = UploadService(settings, db, store, locker, processor=processor, events=events)
         return cls(settings, db, store, events, locker, pipeline, service, processor, celery)
 

@@ -29,15 +29,7 @@ from uploader.settings import Settings
 from uploader.storage.base import StorageUnavailable, UploadStore
 from uploader.uploads import repository
 from uploader.uploads.service import event_data
-from workers.steps import (
-    IMAGE_TYPES,
-    SNIFF_BYTES,
-    ImageRejected,
-    render_variants,
-    sha256_of,
-    sniff,
-    types_agree,
-)
+from workers.steps import IMAGE_TYPES, SNIFF_BYTES, sha256_of, sniff, types_agree
 
 log = get_logger(__name__)
 
@@ -191,6 +183,8 @@ class Pipeline:
         length = upload.length or 0
         if length > self.settings.image_max_bytes:
             return {"media": {"note": "too large to render variants"}}, "skipped"
+        from workers.images import ImageRejected, render_variants  # Pillow: only when needed
+
         data = await self._read(upload, 0, length)
         specs = list(self.settings.variants)
         try:

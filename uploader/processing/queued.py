@@ -8,14 +8,15 @@ it again.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
-
-from celery import Celery
+from typing import TYPE_CHECKING, Any
 
 from uploader.db.models import Upload
 from uploader.kit.logging import get_logger
 from uploader.settings import Settings
 from workers.celery_app import PROCESS_TASK, WEBHOOK_TASK
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = get_logger(__name__)
 

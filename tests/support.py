@@ -293,6 +293,15 @@ class WebhookReceiver:
 
         return [json.loads(body)["type"] for _, body in self.received]
 
+    def wait_for(self, types: set[str], seconds: float = 30) -> bool:
+        """Whether deliveries of every one of ``types`` arrived within ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while types - set(self.events()):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 
 import httpx
 from PIL import Image
 
 from tests.api.helpers import settled_status, upload_bytes, upload_id
 from tests.images import decompression_bomb, is_upright, jpeg, png, zip_archive
-from tests.support import metadata, stored_objects
+from tests.support import WebhookReceiver, in_process_client, metadata, stored_objects
 from uploader.settings import Settings
+from uploader.webhooks.signing import EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
 
 async def upload(client: httpx.AsyncClient, data: bytes, name: str, declared: str) -> str:
@@ -141,3 +143,19 @@ async def test_terminating_while_processing_leaves_no_variants_behind(
     assert stored_objects(settings) == []
     for uid in ids:
         assert (await app_client.get(f"/api/v1/uploads/{uid}")).status_code == 404
+
+
+async def test_webhooks_in_the_embedded_default_are_signed_and_retried(settings: Settings) -> None:
+    receiver = WebhookReceiver(failures=1)  # the first delivery is refused: it comes again
+    hooked = settings.model_copy(update={"webhook_url": receiver.url, "webhook_secret": "s3cret"})
+    try:
+        async with in_process_client(hooked) as client:
+            uid = await upload(client, jpeg(640, 480), "hook.jpg", "image/jpeg")
+            assert (await settled_status(client, uid))["state"] == "ready"
+            assert await asyncio.to_thread(receiver.wait_for, {"upload.received", "upload.ready"})
+    finally:
+        receiver.close()
+    for headers, body in receiver.received:
+        assert verify("s3cret", headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
+        assert json.loads(body)["upload_id"] == uid
+        assert headers[EVENT_HEADER] == json.loads(body)["type"]

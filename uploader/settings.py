@@ -64,6 +64,9 @@ class Settings(BaseSettings):
         le=64,
         description="Parts in flight per upload; memory per upload ~ this x part size.",
     )
+    s3_max_attempts: int = Field(
+        default=5, ge=1, le=20, description="Attempts of each S3 call (throttling, 5xx, timeouts)."
+    )
     s3_presigned_downloads: bool = Field(
         default=False, description="Downloads redirect to a short-lived presigned S3 URL."
     )

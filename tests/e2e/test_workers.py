@@ -342,3 +342,34 @@ def test_beat_schedules_the_sweep_that_expires_uploads(stack: Stack, tmp_path: P
         beat.terminate()
         beat.wait(30)
         api.stop()
+
+
+def test_transient_failures_retry_with_backoff_then_fail_readably(stack: Stack, tmp_path: Path) -> None:
+    """A worker that cannot reach storage retries the step with growing delays, then ends
+    the upload in ``failed`` with the reason; the upload's bytes are untouched."""
+    stack.worker.stop()
+    cut_off = WorkerProcess(
+        tmp_path / "cut-off-worker.log",
+        {
+            **stack.worker.env,
+            "UPLOADER_S3_ENDPOINT_URL": "http://127.0.0.1:9",  # nothing listens there
+            "UPLOADER_S3_MAX_ATTEMPTS": "1",
+            "UPLOADER_TASK_MAX_RETRIES": "3",
+        },
+    )
+    try:
+        cut_off.start()
+        data = jpeg(800, 600)
+        upload_id = stack.upload(data, "unlucky.jpg", "image/jpeg")
+        status = stack.settled(upload_id, timeout=90)
+        assert status["state"] == "failed"
+        assert status["failure_reason"].startswith("processing.unavailable")
+        retries = [json.loads(line) for line in cut_off.log().splitlines() if '"processing.retry"' in line]
+        assert [r["attempt"] for r in retries] == [1, 2, 3]
+        assert httpx.get(f"{stack.api.url}/api/v1/uploads/{upload_id}/content").content == data
+    finally:
+        cut_off.stop()
+        stack.worker.start()
+    # Once storage is reachable again, reprocessing succeeds.
+    assert httpx.post(f"{stack.api.url}/api/v1/uploads/{upload_id}/reprocess").status_code == 202
+    assert stack.settled(upload_id)["state"] == "ready"

@@ -25,5 +25,6 @@ def build_store(settings: Settings) -> UploadStore:
             max_upload_size=settings.max_upload_size,
             part_size=settings.s3_part_size,
             concurrency=settings.s3_concurrency,
+            max_attempts=settings.s3_max_attempts,
         )
     raise ValueError(f"unsupported storage URL scheme {url.scheme!r} (file:// or s3://)")

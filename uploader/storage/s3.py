@@ -464,6 +464,7 @@ class S3Store:
         max_upload_size: int,
         part_size: int,
         concurrency: int,
+        max_attempts: int = 5,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix
@@ -471,6 +472,7 @@ class S3Store:
         self.max_upload_size = max_upload_size
         self.part_size = part_size
         self.concurrency = concurrency
+        self.max_attempts = max_attempts
         self._session = aioboto3.Session()
         # Multipart ids of uploads this process has seen: saves a GET per PATCH.
         self.known_info: OrderedDict[str, _Info] = OrderedDict()
@@ -480,7 +482,7 @@ class S3Store:
     async def start(self) -> None:
         """One client and connection pool per process, for its lifetime."""
         config = Config(
-            retries={"max_attempts": 5, "mode": "standard"},
+            retries={"max_attempts": self.max_attempts, "mode": "standard"},
             max_pool_connections=64,
             connect_timeout=10,
             read_timeout=60,

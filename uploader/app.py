@@ -12,11 +12,11 @@ from starlette.middleware.cors import CORSMiddleware
 from uploader import __version__
 from uploader.downloads.router import router as downloads_router
 from uploader.events.router import router as events_router
-from uploader.forms.router import router as forms_router
 from uploader.health.router import router as health_router
 from uploader.kit.errors import install_error_handlers
 from uploader.kit.logging import get_logger
 from uploader.kit.method_override import MethodOverrideMiddleware
+from uploader.protocols.form import router as forms_router
 from uploader.protocols.tus import build_tus_router
 from uploader.runtime import Runtime
 from uploader.settings import Settings

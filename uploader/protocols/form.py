@@ -1,4 +1,5 @@
-"""``POST /api/v1/uploads``: files from a ``multipart/form-data`` body, streamed to storage.
+"""Multipart forms at ``POST /api/v1/uploads``: files from a ``multipart/form-data`` body,
+streamed to storage.
 
 Every file part goes straight into a new stored object as it arrives. The uploads are
 recorded only once the whole form has arrived: a request cut off half-way (or refused
@@ -15,9 +16,9 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse
 
 from uploader.auth.dependencies import Principal, current_principal
-from uploader.forms.reader import FormError, FormReader
 from uploader.kit.errors import ProblemError
 from uploader.kit.logging import get_logger
+from uploader.protocols.form_reader import FormError, FormReader
 from uploader.storage.base import RunningDigest, StoredUpload, TerminatableUpload, WriteProgress
 from uploader.uploads.body import BodyTooLong, RequestBody
 from uploader.uploads.dependencies import service_of

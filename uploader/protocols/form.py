@@ -8,7 +8,6 @@ for a part too large) removes what it stored and leaves no upload behind.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import secrets
 
@@ -22,16 +21,13 @@ from uploader.protocols.form_reader import FormError, FormReader
 from uploader.storage.base import RunningDigest, StoredUpload, TerminatableUpload, WriteProgress
 from uploader.uploads.body import BodyTooLong, RequestBody
 from uploader.uploads.dependencies import service_of
+from uploader.uploads.metadata import encode_value
 from uploader.uploads.schemas import UploadStatus
 from uploader.uploads.service import ReceivedFile, UploadService
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/api/v1/uploads", tags=["uploads"])
 MAX_FILES = 100
-
-
-def _b64(value: str) -> str:
-    return base64.b64encode(value.encode()).decode()
 
 
 @router.post("", status_code=201, responses={201: {"description": "The created uploads"}})
@@ -91,11 +87,11 @@ async def _receive(
         raise ProblemError(exc.code, exc.detail) from None
     if not pending:
         raise ProblemError("form.no_files", "the form has no file parts")
-    shared = {name: _b64(value) for name, value in fields.items()}
+    shared = {name: encode_value(value) for name, value in fields.items()}
     files = []
     for key, length, sha256, filename, content_type in pending:
-        meta: dict[str, str | None] = {**shared, "filename": _b64(filename)}
+        meta: dict[str, str | None] = {**shared, "filename": encode_value(filename)}
         if content_type:
-            meta["filetype"] = _b64(content_type)
+            meta["filetype"] = encode_value(content_type)
         files.append(ReceivedFile(storage_key=key, length=length, sha256=sha256, meta=meta))
     return files

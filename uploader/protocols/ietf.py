@@ -13,7 +13,6 @@ gets the ``Location`` at once), then sends everything in one append.
 
 from __future__ import annotations
 
-import base64
 import re
 import urllib.parse
 
@@ -24,9 +23,9 @@ from uploader.auth.dependencies import Principal
 from uploader.db.models import Upload
 from uploader.kit.errors import ProblemError
 from uploader.protocols.tus_headers import parse_metadata
-from uploader.uploads.body import RequestBody, empty_body
+from uploader.uploads.body import RequestBody, empty_body, has_body
 from uploader.uploads.dependencies import checked_upload_id, service_of
-from uploader.uploads.metadata import FILENAME_KEYS, TYPE_KEYS
+from uploader.uploads.metadata import FILENAME_KEYS, TYPE_KEYS, encode_value
 from uploader.uploads.schemas import UploadStatus
 
 SUPPORTED_VERSIONS = ("6", "8")
@@ -71,12 +70,6 @@ def _complete(request: Request, required: bool) -> bool | None:
     return value == "?1"
 
 
-def _has_body(request: Request, content_length: int | None) -> bool:
-    if content_length is not None:
-        return content_length > 0
-    return "chunked" in request.headers.get("transfer-encoding", "").lower()
-
-
 def _limits(request: Request, version: str) -> str:
     settings = request.app.state.settings
     age = "expires" if version == "6" else "max-age"  # renamed after draft 05
@@ -102,7 +95,7 @@ def _metadata(request: Request) -> dict[str, str | None]:
     meta = parse_metadata(request.headers.get("upload-metadata"))
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip()
     if media_type and media_type != PARTIAL_UPLOAD and not any(k in meta for k in TYPE_KEYS):
-        meta["filetype"] = _b64(media_type)
+        meta["filetype"] = encode_value(media_type)
     disposition = request.headers.get("content-disposition", "")
     name = None
     if match := _FILENAME_STAR.search(disposition):
@@ -110,12 +103,8 @@ def _metadata(request: Request) -> dict[str, str | None]:
     elif match := _FILENAME.search(disposition):
         name = match.group(1)
     if name and not any(k in meta for k in FILENAME_KEYS):
-        meta["filename"] = _b64(name)
+        meta["filename"] = encode_value(name)
     return meta
-
-
-def _b64(value: str) -> str:
-    return base64.b64encode(value.encode()).decode()
 
 
 async def create(request: Request, principal: Principal, version: str, location: str) -> Response:
@@ -134,7 +123,7 @@ async def create(request: Request, principal: Principal, version: str, location:
             exc.headers["Upload-Limit"] = _limits(request, version)
         raise
     url = location + upload.id
-    if _has_body(request, content_length):
+    if has_body(request.headers, content_length):
         body = RequestBody(request.stream(), limit=0)
         upload = await service.append(principal.name, upload.id, 0, body, content_length=content_length)
         if body.disconnected or body.interrupted:
@@ -161,7 +150,7 @@ async def append(request: Request, principal: Principal, version: str, upload_id
     content_length = _integer(request, "content-length")
     length = _integer(request, "upload-length")
     upload = await service.get(principal.name, checked_upload_id(upload_id))
-    with_body = _has_body(request, content_length)
+    with_body = has_body(request.headers, content_length)
     if upload.is_complete:
         if complete and not with_body and offset == upload.offset:
             return _answer(request, version, upload, None, 200)  # the same completion, again

@@ -24,7 +24,7 @@ from uploader.protocols.tus_headers import (
     parse_metadata,
     parse_uint,
 )
-from uploader.uploads.body import RequestBody, empty_body
+from uploader.uploads.body import RequestBody, empty_body, has_body
 from uploader.uploads.dependencies import checked_upload_id, service_of
 
 OFFSET_STREAM = "application/offset+octet-stream"
@@ -41,12 +41,6 @@ def require_tus(request: Request) -> None:
 
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-def _has_body(request: Request, content_length: int | None) -> bool:
-    if content_length is not None:
-        return content_length > 0
-    return "chunked" in request.headers.get("transfer-encoding", "").lower()
 
 
 def upload_headers(upload: Upload, tus_path: str) -> dict[str, str]:
@@ -109,7 +103,7 @@ def build_tus_router(tus_path: str) -> APIRouter:
         concat = parse_concat(headers.get("upload-concat"), tus_path)
         meta = parse_metadata(headers.get("upload-metadata"))
         content_length = parse_uint(headers.get("content-length"), "Content-Length")
-        with_body = _has_body(request, content_length)
+        with_body = has_body(request.headers, content_length)
         if with_body and _media_type(request) != OFFSET_STREAM:
             raise ProblemError("tus.content_type")
         if concat is not None and concat[0] == "final":
@@ -179,7 +173,7 @@ def build_tus_router(tus_path: str) -> APIRouter:
         declared_length = parse_uint(headers.get("upload-length"), "Upload-Length")
         content_length = parse_uint(headers.get("content-length"), "Content-Length")
         checksum = parse_checksum(headers.get("upload-checksum"))
-        source = request.stream() if _has_body(request, content_length) else empty_body()
+        source = request.stream() if has_body(request.headers, content_length) else empty_body()
         upload = await service_of(request).append(
             principal.name,
             checked_upload_id(upload_id),

@@ -8,7 +8,7 @@ sees a shorter stream and the service records what arrived.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 from starlette.requests import ClientDisconnect
@@ -70,6 +70,13 @@ class RequestBody:
         self.interrupted = True
         if self._waiting and self._reader is not None:
             self._reader.cancel()
+
+
+def has_body(headers: Mapping[str, str], content_length: int | None) -> bool:
+    """Whether a request carries content: a positive length, or chunked transfer coding."""
+    if content_length is not None:
+        return content_length > 0
+    return "chunked" in headers.get("transfer-encoding", "").lower()
 
 
 async def empty_body() -> AsyncIterator[bytes]:

@@ -11,6 +11,11 @@ TYPE_KEYS = ("filetype", "type", "contentType", "content-type")
 _MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
 
 
+def encode_value(value: str) -> str:
+    """A metadata value as it is stored (and as tus sends it): base64 of its UTF-8."""
+    return base64.b64encode(value.encode()).decode()
+
+
 def decode_value(value: str | None) -> str | None:
     if value is None:
         return None

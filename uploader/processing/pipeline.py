@@ -16,6 +16,7 @@ import hashlib
 import io
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.exceptions
@@ -42,9 +43,17 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.TimeoutError,
     ConnectionError,
 )
-STEPS = ("sniff", "sha256", "variants")
 PROGRESS_INTERVAL = 0.25  # seconds between progress events of one step
 RECORD_STEPS_AFTER = 0.2  # a step taking longer is recorded on its own
+
+
+@dataclass
+class StepResult:
+    fields: dict[str, Any] = field(default_factory=dict)  # columns the step found
+    outcome: str = "done"  # or "skipped"
+    # Events that promise what the fields record (a variant is downloadable): published
+    # only once the fields are in the database, so the step is recorded at once.
+    announce: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 class StepFailed(Exception):
@@ -61,6 +70,12 @@ class Pipeline:
         self.db = db
         self.store = store
         self.events = events
+        # The steps, in order.
+        self.steps: dict[str, Callable[[Upload], Awaitable[StepResult]]] = {
+            "sniff": self._sniff,
+            "sha256": self._sha256,
+            "variants": self._variants,
+        }
 
     async def run(self, upload_id: str) -> str | None:
         """Process one upload; returns the state it ended in (``None``: nothing to do).
@@ -72,7 +87,7 @@ class Pipeline:
         if upload is None or upload.state not in (UploadState.RECEIVED, UploadState.PROCESSING):
             return None  # finished, removed, or a duplicate delivery after the fact
         if upload.state == UploadState.RECEIVED:
-            steps = {name: {"state": "pending"} for name in STEPS}
+            steps = {name: {"state": "pending"} for name in self.steps}
             started = {"steps": steps, "started_at": utcnow().isoformat()}
             if not await self._advance(
                 upload, UploadState.RECEIVED, state=UploadState.PROCESSING, processing=started
@@ -85,7 +100,7 @@ class Pipeline:
         unrecorded: dict[str, Any] = {}
         try:
             async with asyncio.timeout(self.settings.task_soft_time_limit_seconds):
-                for step in STEPS:
+                for step in self.steps:
                     if not await self._step(upload, step, unrecorded):
                         return await self._left_processing(upload)
         except TRANSIENT_ERRORS:
@@ -134,29 +149,28 @@ class Pipeline:
 
     async def _step(self, upload: Upload, step: str, unrecorded: dict[str, Any]) -> bool:
         """Run one step. Its results are recorded at once if it took a while (the status
-        then shows it) or made variants (announced as downloadable only once recorded);
-        a quick step's go with the next write, saving a transaction."""
+        then shows it) or has something to announce; a quick step's go with the next
+        write, saving a transaction."""
         await self._publish(upload, "processing.step_started", step=step)
         begun = time.monotonic()
-        fields, outcome = await getattr(self, f"_{step}")(upload)
+        result = await self.steps[step](upload)
         seconds = time.monotonic() - begun
         processing = dict(upload.processing or {})
-        done = {"state": outcome, "seconds": round(seconds, 3)}
+        done = {"state": result.outcome, "seconds": round(seconds, 3)}
         processing["steps"] = {**processing.get("steps", {}), step: done}
-        unrecorded.update(fields, processing=processing)
+        unrecorded.update(result.fields, processing=processing)
         for name, value in unrecorded.items():
             setattr(upload, name, value)  # later steps see what earlier ones found
-        variants = fields.get("variants") or []
-        if seconds >= RECORD_STEPS_AFTER or variants:
+        if seconds >= RECORD_STEPS_AFTER or result.announce:
             if not await self._advance(upload, UploadState.PROCESSING, **unrecorded):
                 return False
             unrecorded.clear()
-        for variant in variants:
-            await self._publish(upload, "variant.ready", variant=variant)
-        await self._publish(upload, "processing.step_done", step=step, outcome=outcome)
+        for event_type, extra in result.announce:
+            await self._publish(upload, event_type, **extra)
+        await self._publish(upload, "processing.step_done", step=step, outcome=result.outcome)
         return True
 
-    async def _sniff(self, upload: Upload) -> tuple[dict[str, Any], str]:
+    async def _sniff(self, upload: Upload) -> StepResult:
         head = await self._read(upload, 0, min(SNIFF_BYTES, upload.length or 0))
         detected = sniff(head)
         if not types_agree(upload.declared_type, detected):
@@ -166,23 +180,23 @@ class Pipeline:
                 declared=upload.declared_type,
                 detected=detected,
             )
-        return {"detected_type": detected}, "done"
+        return StepResult({"detected_type": detected})
 
-    async def _sha256(self, upload: Upload) -> tuple[dict[str, Any], str]:
+    async def _sha256(self, upload: Upload) -> StepResult:
         if upload.sha256 is not None:
-            return {}, "done"  # computed while the bytes arrived
+            return StepResult()  # computed while the bytes arrived
         length = upload.length or 0
         report = self._progress_reporter(upload, "sha256", length)
         digest = await sha256_of(self._blocks(upload, 0, length), report)
-        return {"sha256": digest}, "done"
+        return StepResult({"sha256": digest})
 
-    async def _variants(self, upload: Upload) -> tuple[dict[str, Any], str]:
+    async def _variants(self, upload: Upload) -> StepResult:
         pillow_format = IMAGE_TYPES.get(upload.detected_type or "")
         if pillow_format is None:
-            return {}, "skipped"  # not an image we render, whatever the client declared
+            return StepResult(outcome="skipped")  # not an image we render, whatever was declared
         length = upload.length or 0
         if length > self.settings.image_max_bytes:
-            return {"media": {"note": "too large to render variants"}}, "skipped"
+            return StepResult({"media": {"note": "too large to render variants"}}, "skipped")
         from workers.images import ImageRejected, render_variants  # Pillow: only when needed
 
         data = await self._read(upload, 0, length)
@@ -212,7 +226,10 @@ class Pipeline:
             )
         # Variants of an earlier run under names no longer configured go away.
         await self.store.delete_derived(upload.storage_key, keep={v["name"] for v in variants})
-        return {"media": facts.as_json(), "variants": variants}, "done"
+        return StepResult(
+            {"media": facts.as_json(), "variants": variants},
+            announce=[("variant.ready", {"variant": entry}) for entry in variants],
+        )
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 from rich.console import Console
@@ -136,29 +137,26 @@ def _upload_one(
         return update
 
     if parallel == 1:
-        url = _resume_or_create(client, saved.get("url"), size, metadata, None)
+        url, offset = _resume_or_create(client, saved.get("url"), size, metadata, None)
         store.put(key, {"url": url})
-        _send_with_retries(client, url, path, Part(0, size, url), chunk_size, tracker(0))
+        _send_with_retries(client, path, Part(0, size, url), offset, chunk_size, tracker(0))
     else:
         bounds = [size * i // parallel for i in range(parallel + 1)]
         known = saved.get("parts") or [None] * parallel
-        parts = [
-            Part(
-                bounds[i],
-                bounds[i + 1],
-                _resume_or_create(client, known[i], bounds[i + 1] - bounds[i], {}, "partial"),
-            )
+        resumed = [
+            _resume_or_create(client, known[i], bounds[i + 1] - bounds[i], {}, "partial")
             for i in range(parallel)
         ]
+        parts = [Part(bounds[i], bounds[i + 1], part_url) for i, (part_url, _) in enumerate(resumed)]
         store.put(key, {"parts": [p.url for p in parts]})
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             jobs = [
-                pool.submit(_send_with_retries, client, p.url or "", path, p, chunk_size, tracker(i))
-                for i, p in enumerate(parts)
+                pool.submit(_send_with_retries, client, path, part, offset, chunk_size, tracker(i))
+                for i, (part, (_, offset)) in enumerate(zip(parts, resumed, strict=True))
             ]
             for job in jobs:
                 job.result()
-        url = client.concatenate([p.url or "" for p in parts], metadata)
+        url = client.concatenate([p.url for p in parts], metadata)
     store.put(key, None)  # done: the same command later means a new upload
     bars.update(task, completed=size)
     return url
@@ -166,22 +164,32 @@ def _upload_one(
 
 def _resume_or_create(
     client: TusClient, url: str | None, length: int, metadata: dict[str, str], concat: str | None
-) -> str:
-    if url is not None and client.offset(url) is not None:
-        return url
-    return client.create(length, metadata, concat)
+) -> tuple[str, int]:
+    """The remembered upload and its offset on the server, or a new upload at 0."""
+    offset = client.offset(url) if url is not None else None
+    if url is not None and offset is not None:
+        return url, offset
+    return client.create(length, metadata, concat), 0
 
 
 def _send_with_retries(
-    client: TusClient, url: str, path: Path, part: Part, chunk_size: int, progress: Callable[[int], None]
+    client: TusClient,
+    path: Path,
+    part: Part,
+    offset: int,
+    chunk_size: int,
+    progress: Callable[[int], None],
 ) -> None:
+    """Send the part from ``offset``; after a lost connection, ask the server where to go on."""
     for attempt in range(RETRIES + 1):
         try:
-            offset = client.offset(url)
-            if offset is None:
-                raise ClientError(f"{url} is gone from the server; run the command again to start over")
+            if attempt:
+                known = client.offset(part.url)
+                if known is None:
+                    raise ClientError(f"{part.url} is gone from the server; run the command again")
+                offset = known
             progress(offset)
-            client.send(url, path, part, offset, chunk_size, progress)
+            client.send(path, part, offset, chunk_size, progress)
             return
         except httpx.TransportError as exc:
             if attempt == RETRIES:
@@ -297,8 +305,6 @@ def _filename(disposition: str | None) -> str | None:
         return None
     match = re.search(r"filename\*=UTF-8''([^;]+)", disposition)
     if match:
-        from urllib.parse import unquote
-
         return Path(unquote(match.group(1))).name or None
     match = re.search(r'filename="([^"]+)"', disposition)
     return Path(match.group(1)).name if match else None

@@ -84,7 +84,7 @@ class Part:
 
     start: int
     end: int
-    url: str | None = None
+    url: str
 
 
 class TusClient:
@@ -133,7 +133,6 @@ class TusClient:
 
     def send(
         self,
-        url: str,
         path: Path,
         part: Part,
         offset: int,
@@ -152,9 +151,9 @@ class TusClient:
                     "Content-Type": "application/offset+octet-stream",
                     "Content-Length": str(size),
                 }
-                response = self.http.patch(url, content=body, headers=headers)
+                response = self.http.patch(part.url, content=body, headers=headers)
                 if response.status_code == 409:  # the server has another offset: continue from it
-                    server_offset = self.offset(url)
+                    server_offset = self.offset(part.url)
                     if server_offset is None:
                         raise ClientError("the upload disappeared from the server")
                     offset = server_offset

@@ -13,60 +13,24 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
+from common import OurServer, random_file, timed
 
-MiB = 1024 * 1024
 TUS = ["-H", "Tus-Resumable: 1.0.0"]
 
 
-class Server:
-    def __init__(self, port: int, data_dir: Path) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "UPLOADER_DATA_DIR": str(data_dir), "UPLOADER_LOG_LEVEL": "warning"}
-        uploader = str(Path(sys.executable).parent / "uploader")
-        self.process = subprocess.Popen([uploader, "serve", "--port", str(port)], env=env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        # `uploader serve` is the server itself (migrations ran in a child that has exited).
-        self.pid = self.process.pid
-
-    def peak_rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
-
-
-def timed(command: list[str]) -> tuple[float, str]:
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, check=True, text=True)
-    return time.perf_counter() - started, result.stdout
-
-
-def form_upload(server: Server, path: Path) -> float:
+def form_upload(server: OurServer, path: Path) -> float:
     seconds, out = timed(["curl", "-sS", "--fail", "-F", f"file=@{path}", f"{server.url}/api/v1/uploads"])
     upload_id = httpx.Response(201, content=out).json()["uploads"][0]["id"]
     httpx.delete(f"{server.url}/files/{upload_id}", headers={"Tus-Resumable": "1.0.0"})
     return seconds
 
 
-def tus_upload(server: Server, path: Path) -> float:
+def tus_upload(server: OurServer, path: Path) -> float:
     size = path.stat().st_size
     created = httpx.post(
         f"{server.url}/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(size)}
@@ -86,15 +50,11 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    path = Path(f"/tmp/tus-bench-{args.size_mib}MiB.bin")
-    if not path.exists() or path.stat().st_size != args.size_mib * MiB:
-        with open(path, "wb") as out:
-            for _ in range(args.size_mib):
-                out.write(os.urandom(MiB))
+    path = random_file(args.size_mib)
     with tempfile.TemporaryDirectory(prefix="uploader-forms-bench-") as work:
         servers = {
-            "form": Server(18097, Path(work) / "form"),
-            "tus": Server(18098, Path(work) / "tus"),
+            "form": OurServer(18097, Path(work) / "form"),
+            "tus": OurServer(18098, Path(work) / "tus"),
         }
         try:
             results: dict[str, list[float]] = {"form": [], "tus": []}

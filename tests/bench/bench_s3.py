@@ -32,6 +32,7 @@ from typing import Any
 import boto3
 import httpx
 from boto3.s3.transfer import TransferConfig
+from common import random_file
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = Path(os.environ.get("UPLOADER_PEERS_BENCH_DIR", REPO.parent / "shared" / "bench"))
@@ -73,15 +74,6 @@ def ensure_peers() -> None:
     if not (PEERS_DIR / "venv").exists():
         subprocess.run(["bash", str(BENCH / "peers" / "setup.sh")], check=True)
     subprocess.run(["bash", str(BENCH / "peers" / "start.sh")], check=True)
-
-
-def random_file(size_mib: int) -> Path:
-    path = Path(f"/tmp/tus-bench-{size_mib}MiB.bin")
-    if not path.exists() or path.stat().st_size != size_mib * MiB:
-        with open(path, "wb") as out:
-            for _ in range(size_mib):
-                out.write(os.urandom(MiB))
-    return path
 
 
 def empty_bucket() -> None:

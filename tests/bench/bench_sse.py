@@ -23,7 +23,6 @@ import secrets
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from common import uploader_executable, wait_for
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,10 +38,6 @@ ADMIN_DSN = os.environ.get("UPLOADER_BENCH_POSTGRES_DSN", "postgresql://postgres
 REDIS_URL = os.environ.get("UPLOADER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PORT = 18095
 WORKER_EVENTS = ("processing.", "variant.", "upload.ready", "upload.failed")
-
-
-def uploader() -> str:
-    return str(Path(sys.executable).parent / "uploader")
 
 
 def picture(seed: int) -> bytes:
@@ -152,12 +148,11 @@ def main() -> int:
         "UPLOADER_PROCESSING": "celery",
         "UPLOADER_LOG_LEVEL": "warning",
     }
-    api = subprocess.Popen([uploader(), "serve", "--port", str(PORT)], env=env, stderr=subprocess.DEVNULL)
-    worker = subprocess.Popen(
-        [uploader(), "worker", "--concurrency", "2"], env=env, stderr=subprocess.DEVNULL
-    )
+    command = uploader_executable()
+    api = subprocess.Popen([command, "serve", "--port", str(PORT)], env=env, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([command, "worker", "--concurrency", "2"], env=env, stderr=subprocess.DEVNULL)
     try:
-        _wait_for(f"http://127.0.0.1:{PORT}/healthz")
+        wait_for(f"http://127.0.0.1:{PORT}/healthz")
         time.sleep(3)  # the worker connects to the broker
         result = asyncio.run(run(args.streams, args.uploads, args.parallel))
     finally:
@@ -185,17 +180,6 @@ async def _admin(sql: str) -> None:
         await connection.execute(sql)
     finally:
         await connection.close()
-
-
-def _wait_for(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise SystemExit(f"{url} did not answer")
 
 
 if __name__ == "__main__":

@@ -9,23 +9,21 @@ for a part too large) removes what it stored and leaves no upload behind.
 from __future__ import annotations
 
 import contextlib
-import secrets
+from dataclasses import replace
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse
 
 from uploader.auth.dependencies import Principal, current_principal
 from uploader.kit.errors import ProblemError
-from uploader.kit.logging import get_logger
-from uploader.protocols.form_reader import FormError, FormReader
+from uploader.protocols.form_reader import FormReader
 from uploader.storage.base import RunningDigest, StoredUpload, TerminatableUpload, WriteProgress
 from uploader.uploads.body import BodyTooLong, RequestBody
 from uploader.uploads.dependencies import service_of
 from uploader.uploads.metadata import encode_value
 from uploader.uploads.schemas import UploadStatus
-from uploader.uploads.service import ReceivedFile, UploadService
+from uploader.uploads.service import ReceivedFile, UploadService, new_storage_key
 
-log = get_logger(__name__)
 router = APIRouter(prefix="/api/v1/uploads", tags=["uploads"])
 MAX_FILES = 100
 
@@ -37,10 +35,7 @@ async def upload_form(request: Request, principal: Principal = Depends(current_p
     Other form fields become metadata of every file of the request. Processing starts
     as for tus uploads."""
     service = service_of(request)
-    try:
-        reader = FormReader(request.headers.get("content-type"), request.stream())
-    except FormError as exc:
-        raise ProblemError(exc.code, exc.detail) from None
+    reader = FormReader(request.headers.get("content-type"), request.stream())
     stored: list[StoredUpload] = []
     # Storage failures reach the error handlers (503 storage.unavailable, 507 storage.full).
     try:
@@ -61,37 +56,32 @@ async def _receive(
     service: UploadService, reader: FormReader, stored: list[StoredUpload]
 ) -> list[ReceivedFile]:
     fields: dict[str, str] = {}
-    pending: list[tuple[str, int, str, str, str | None]] = []
+    files: list[ReceivedFile] = []
     limit = service.settings.max_upload_size
-    try:
-        while (part := await reader.next_part()) is not None:
-            if part.filename is None:
-                fields[part.name] = await reader.field_value()
-                continue
-            if len(pending) >= MAX_FILES:
-                raise ProblemError("form.too_many_parts", f"more than {MAX_FILES} files in one form")
-            key = secrets.token_hex(16)
-            target = await service.store.create(key, None)
-            stored.append(target)
-            body = RequestBody(reader.data(), limit)
-            digest = RunningDigest()
-            try:
-                written = await target.write_chunk(0, body, WriteProgress(), None, digest)
-            except BodyTooLong:
-                raise ProblemError("upload.too_large", f"a file is over the {limit}-byte limit") from None
-            if body.disconnected:
-                raise FormError("form.truncated", "the client went away in the middle of a file")
-            await target.finish(written)
-            pending.append((key, written, digest.hexdigest(), part.filename, part.content_type))
-    except FormError as exc:
-        raise ProblemError(exc.code, exc.detail) from None
-    if not pending:
+    while (part := await reader.next_part()) is not None:
+        if part.filename is None:
+            fields[part.name] = await reader.field_value()
+            continue
+        if len(files) >= MAX_FILES:
+            raise ProblemError("form.too_many_parts", f"more than {MAX_FILES} files in one form")
+        key = new_storage_key()
+        target = await service.store.create(key, None)
+        stored.append(target)
+        body = RequestBody(reader.data(), limit)
+        digest = RunningDigest()
+        try:
+            written = await target.write_chunk(0, body, WriteProgress(), None, digest)
+        except BodyTooLong:
+            raise ProblemError("upload.too_large", f"a file is over the {limit}-byte limit") from None
+        if body.disconnected:
+            raise ProblemError("form.truncated", "the client went away in the middle of a file")
+        await target.finish(written)
+        meta: dict[str, str | None] = {"filename": encode_value(part.filename)}
+        if part.content_type:
+            meta["filetype"] = encode_value(part.content_type)
+        files.append(ReceivedFile(storage_key=key, length=written, sha256=digest.hexdigest(), meta=meta))
+    if not files:
         raise ProblemError("form.no_files", "the form has no file parts")
+    # Fields may come after the files: every file gets them all once the form is read.
     shared = {name: encode_value(value) for name, value in fields.items()}
-    files = []
-    for key, length, sha256, filename, content_type in pending:
-        meta: dict[str, str | None] = {**shared, "filename": encode_value(filename)}
-        if content_type:
-            meta["filetype"] = encode_value(content_type)
-        files.append(ReceivedFile(storage_key=key, length=length, sha256=sha256, meta=meta))
-    return files
+    return [replace(file, meta={**shared, **file.meta}) for file in files]

@@ -15,18 +15,11 @@ from dataclasses import dataclass, field
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from uploader.kit.errors import ProblemError
+
 MAX_PARTS = 1000
 MAX_FIELD_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 8 * 1024
-
-
-class FormError(Exception):
-    """The body is not a form we accept; ``code`` is one of the error table's."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
 
 
 @dataclass
@@ -39,13 +32,13 @@ class Part:
 
 def boundary_of(content_type: str | None) -> bytes:
     if not content_type:
-        raise FormError("form.invalid", "Content-Type multipart/form-data is required")
+        raise ProblemError("form.invalid", "Content-Type multipart/form-data is required")
     media_type, options = parse_options_header(content_type)
     if media_type != b"multipart/form-data":
-        raise FormError("form.invalid", "Content-Type must be multipart/form-data")
+        raise ProblemError("form.invalid", "Content-Type must be multipart/form-data")
     boundary = options.get(b"boundary")
     if not boundary or len(boundary) > 200:
-        raise FormError("form.invalid", "the multipart boundary is missing or too long")
+        raise ProblemError("form.invalid", "the multipart boundary is missing or too long")
     return boundary
 
 
@@ -77,7 +70,7 @@ class FormReader:
     def _part_begin(self) -> None:
         self._parts += 1
         if self._parts > MAX_PARTS:
-            raise FormError("form.too_many_parts", f"more than {MAX_PARTS} parts in one form")
+            raise ProblemError("form.too_many_parts", f"more than {MAX_PARTS} parts in one form")
         self._headers = {}
         self._header_bytes = 0
 
@@ -92,7 +85,7 @@ class FormReader:
     def _count_header(self, size: int) -> None:
         self._header_bytes += size
         if self._header_bytes > MAX_HEADER_BYTES:
-            raise FormError("form.header_too_large", f"part headers over {MAX_HEADER_BYTES} bytes")
+            raise ProblemError("form.header_too_large", f"part headers over {MAX_HEADER_BYTES} bytes")
 
     def _header_end(self) -> None:
         name = bytes(self._header_name).decode("latin-1").strip().lower()
@@ -103,7 +96,7 @@ class FormReader:
     def _headers_finished(self) -> None:
         disposition, options = parse_options_header(self._headers.get("content-disposition", ""))
         if disposition != b"form-data" or b"name" not in options:
-            raise FormError("form.invalid", "each part needs Content-Disposition: form-data; name=...")
+            raise ProblemError("form.invalid", "each part needs Content-Disposition: form-data; name=...")
         filename = options.get(b"filename")
         part = Part(
             name=options[b"name"].decode("utf-8", "replace"),
@@ -134,12 +127,14 @@ class FormReader:
             except StopAsyncIteration:
                 self._body_done = True
                 if not self._ended:
-                    raise FormError("form.truncated", "the form ended before its closing boundary") from None
+                    raise ProblemError(
+                        "form.truncated", "the form ended before its closing boundary"
+                    ) from None
                 continue
             try:
                 self._parser.write(chunk)
             except MultipartParseError as exc:
-                raise FormError("form.invalid", f"malformed multipart body: {exc}") from exc
+                raise ProblemError("form.invalid", f"malformed multipart body: {exc}") from exc
         return self._events.popleft()
 
     async def next_part(self) -> Part | None:
@@ -159,7 +154,7 @@ class FormReader:
         while True:
             event = await self._next_event()
             if event is None:
-                raise FormError("form.truncated", "the form ended inside a part")
+                raise ProblemError("form.truncated", "the form ended inside a part")
             kind, value = event
             if kind == "end":
                 return
@@ -172,5 +167,5 @@ class FormReader:
         async for block in self.data():
             value += block
             if len(value) > MAX_FIELD_BYTES:
-                raise FormError("form.field_too_large", f"a field value is over {MAX_FIELD_BYTES} bytes")
+                raise ProblemError("form.field_too_large", f"a field value is over {MAX_FIELD_BYTES} bytes")
         return value.decode("utf-8", "replace")

@@ -76,6 +76,11 @@ def new_upload_id() -> str:
     return secrets.token_hex(16)
 
 
+def new_storage_key() -> str:
+    """Storage keys are generated, never built from anything a client sent."""
+    return secrets.token_hex(16)
+
+
 class UploadService:
     def __init__(
         self,
@@ -177,7 +182,7 @@ class UploadService:
             state=UploadState.CREATED,
             length=length,
             offset=0,
-            storage_key=secrets.token_hex(16),
+            storage_key=new_storage_key(),
             meta=meta,
             filename=filename_of(meta),
             declared_type=declared_type_of(meta),

@@ -128,7 +128,7 @@ async def create(request: Request, principal: Principal, version: str, location:
         upload = await service.append(principal.name, upload.id, 0, body, content_length=content_length)
         if body.disconnected or body.interrupted:
             return _answer(request, version, upload, url, 201)
-    if complete:
+    if complete and not upload.is_complete:
         upload = await service.complete_at_offset(principal.name, upload.id)
     return _answer(request, version, upload, url, 201)
 
@@ -155,14 +155,8 @@ async def append(request: Request, principal: Principal, version: str, upload_id
         if complete and not with_body and offset == upload.offset:
             return _answer(request, version, upload, None, 200)  # the same completion, again
         raise ProblemError("ietf.completed_upload", headers=_headers(request, version, upload))
-    if offset != upload.offset:
-        raise ProblemError(
-            "ietf.mismatching_offset",
-            f"Upload-Offset is {offset} but the upload is at {upload.offset}",
-            headers=_headers(request, version, upload),
-            members={"expected-offset": upload.offset, "provided-offset": offset},
-        )
-    if complete and content_length is not None:
+    # (A request at the wrong offset is told so by the service, not as a length problem.)
+    if complete and content_length is not None and offset == upload.offset:
         total = offset + content_length
         if (length is not None and length != total) or (upload.length is not None and upload.length != total):
             raise ProblemError("ietf.inconsistent_length", f"these bytes would end the upload at {total}")
@@ -180,7 +174,7 @@ async def append(request: Request, principal: Principal, version: str, upload_id
             declared_length=length if upload.length is None else None,
         )
     except ProblemError as exc:
-        if exc.code == "upload.offset_mismatch":  # another request moved it on meanwhile
+        if exc.code == "upload.offset_mismatch":  # the service compares offsets under the lock
             current = await service.get(principal.name, upload.id)
             raise ProblemError(
                 "ietf.mismatching_offset",

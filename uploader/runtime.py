@@ -7,7 +7,6 @@ store, event bus (with webhooks), locks, the upload service and the pipeline.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from uploader.db.engine import Database
 from uploader.events.bus import EventBus, LocalEventBus
@@ -23,9 +22,6 @@ from uploader.uploads.redis_locks import RedisLocker
 from uploader.uploads.service import UploadService
 from uploader.webhooks.delivery import EmbeddedWebhooks, WebhookDispatcher, WebhookingEventBus
 
-if TYPE_CHECKING:
-    from celery import Celery
-
 
 @dataclass
 class Runtime:
@@ -37,19 +33,20 @@ class Runtime:
     pipeline: Pipeline
     service: UploadService
     processor: Processor | None
-    celery: Celery | None
 
     @classmethod
     async def start(cls, settings: Settings, *, serves_requests: bool = True) -> Runtime:
         """``serves_requests``: the API process (it may run the pipeline itself); a worker
         process only runs what its tasks ask for."""
-        celery: Celery | None = None
-        queued: Any = None
+        queued_processor: Processor | None = None
+        queued_webhooks: WebhookDispatcher | None = None
         if settings.processing == "celery":  # Celery is imported only where it is used
-            from uploader.processing import queued
+            from uploader.processing.queued import QueuedProcessor, QueuedWebhooks
             from workers.celery_app import build_celery
 
             celery = build_celery(settings)
+            queued_processor = QueuedProcessor(celery, settings)
+            queued_webhooks = QueuedWebhooks(celery, settings)
         db = Database(settings.resolved_database_url)
         store = build_store(settings)
         await store.start()
@@ -59,10 +56,7 @@ class Runtime:
             else LocalEventBus()
         )
         if settings.webhook_url:
-            dispatcher: WebhookDispatcher = (
-                queued.QueuedWebhooks(celery, settings) if celery is not None else EmbeddedWebhooks(settings)
-            )
-            events = WebhookingEventBus(events, dispatcher)
+            events = WebhookingEventBus(events, queued_webhooks or EmbeddedWebhooks(settings))
         locker: UploadLocker = (
             RedisLocker(settings.redis_url, settings.redis_prefix, settings.lock_timeout_seconds)
             if settings.redis_url
@@ -71,12 +65,11 @@ class Runtime:
         await locker.start()
         pipeline = Pipeline(settings, db, store, events)
         processor: Processor | None = None
-        if serves_requests and settings.processing == "embedded":
-            processor = EmbeddedProcessor(settings, db, pipeline)
-        elif serves_requests and celery is not None:
-            processor = queued.QueuedProcessor(celery, settings)
+        if serves_requests:  # a worker process runs what its tasks ask for, nothing more
+            embedded = settings.processing == "embedded"
+            processor = EmbeddedProcessor(settings, db, pipeline) if embedded else queued_processor
         service = UploadService(settings, db, store, locker, processor=processor, events=events)
-        return cls(settings, db, store, events, locker, pipeline, service, processor, celery)
+        return cls(settings, db, store, events, locker, pipeline, service, processor)
 
     async def close(self) -> None:
         self.locker.interrupt_all()

@@ -373,3 +373,13 @@ def test_transient_failures_retry_with_backoff_then_fail_readably(stack: Stack, 
     # Once storage is reachable again, reprocessing succeeds.
     assert httpx.post(f"{stack.api.url}/api/v1/uploads/{upload_id}/reprocess").status_code == 202
     assert stack.settled(upload_id)["state"] == "ready"
+
+
+def test_ping_worker_answers_for_a_running_worker_only(stack: Stack) -> None:
+    """The compose health check of the worker: exit 0 while this host's worker answers."""
+    env = {**os.environ, **stack.env}
+    alive = subprocess.run([*uploader_command(), "ping-worker"], env=env, timeout=60, check=False)
+    assert alive.returncode == 0
+    elsewhere = {**env, "UPLOADER_REDIS_PREFIX": f"{stack.env['UPLOADER_REDIS_PREFIX']}-nobody"}
+    nobody = subprocess.run([*uploader_command(), "ping-worker"], env=elsewhere, timeout=60, check=False)
+    assert nobody.returncode == 1

@@ -56,10 +56,10 @@ class Settings(BaseSettings):
         default=None, description="S3-compatible endpoint (MinIO, moto); unset means AWS."
     )
     s3_part_size: int = Field(
-        default=5 * MiB, ge=5 * MiB, description="Multipart part size (grows for very large uploads)."
+        default=8 * MiB, ge=5 * MiB, description="Multipart part size (grows for very large uploads)."
     )
     s3_concurrency: int = Field(
-        default=2,
+        default=4,
         ge=1,
         le=64,
         description="Parts in flight per upload; memory per upload ~ this x part size.",

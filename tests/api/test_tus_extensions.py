@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import secrets
+import zlib
 from datetime import timedelta
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.api.helpers import create, head, offset_of, patch, upload_bytes, upload_id
-from tests.support import TUS, stored_objects
+from tests.support import S3_TEST_BUCKET, TUS, in_process_client, s3_client, stored_objects
 from uploader.db.models import utcnow
+from uploader.settings import Settings
 from uploader.uploads import repository
 
 
@@ -228,3 +232,34 @@ async def test_an_upload_expired_before_its_first_write_takes_no_bytes(app_clien
     response = await patch(app_client, path, 0, b"late")
     assert response.status_code == 410
     assert stored_objects(service.settings) == []
+
+
+async def test_s3_parts_carry_checksums_that_s3_composes(
+    s3_endpoint: str, sqlite_url: str, tmp_path: Path
+) -> None:
+    """Every part is sent with its CRC32 and S3 records the composite: S3 verified each part."""
+    prefix = secrets.token_hex(6)
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=sqlite_url,
+        storage_url=f"s3://{S3_TEST_BUCKET}/{prefix}",
+        s3_endpoint_url=s3_endpoint,
+        s3_part_size=5 * 1024 * 1024,
+    )
+    mib = 1024 * 1024
+    data = bytes(range(256)) * (52 * 1024)  # 13 MiB: two whole parts and a tail
+    async with in_process_client(settings) as client:
+        path = await create(client, len(data))
+        # Three PATCHes that end mid-part, so that tails carry bytes from one to the next.
+        for start, end in ((0, 3 * mib), (3 * mib, 7 * mib), (7 * mib, len(data))):
+            assert (await patch(client, path, start, data[start:end])).status_code == 204
+        upload = await client.app.state.uploads.get("anonymous", upload_id(path))  # type: ignore[attr-defined]
+    stored = s3_client(s3_endpoint).head_object(
+        Bucket=S3_TEST_BUCKET, Key=f"{prefix}/{upload.storage_key}", ChecksumMode="ENABLED"
+    )
+    part = 5 * mib
+    digests = b"".join(zlib.crc32(data[i : i + part]).to_bytes(4, "big") for i in range(0, len(data), part))
+    composite = base64.b64encode(zlib.crc32(digests).to_bytes(4, "big")).decode()
+    # S3 appends the part count ("-3"); moto leaves it out.
+    assert stored["ChecksumCRC32"].removesuffix("-3") == composite
+    assert stored["ContentLength"] == len(data)

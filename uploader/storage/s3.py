@@ -3,7 +3,7 @@
 Layout under the configured prefix, for an upload with storage key ``K``:
 
 - ``K``              the final object, once the upload is complete;
-- ``K.info``         JSON with the multipart upload id and the part size;
+- ``K.info``         JSON with the multipart upload id, the part size and its checksum;
 - ``K.tail/<end>``   the bytes after the last whole part, up to offset ``<end>``.
 
 Part ``n`` always holds bytes ``[(n-1)*part_size, n*part_size)``, so an offset alone says
@@ -16,6 +16,7 @@ again. Memory per active upload is bounded by a few parts.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import io
 import json
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aioboto3
+from aiohttp import payload as http_payload
+from aiohttp.abc import AbstractStreamWriter
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -42,7 +45,12 @@ MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * 1024 * MiB
 MAX_PARTS = 10_000
 READ_BLOCK = 1024 * 1024
+# Every part carries its CRC32, which S3 checks on arrival and composes into the object's
+# checksum. Declared when the multipart upload starts, as S3 clients do: without it, S3
+# (and moto) derive a whole-object CRC64 at completion instead.
+PART_CHECKSUM = "CRC32"
 T = TypeVar("T")
+Buffer = bytes | memoryview
 
 
 def choose_part_size(length: int | None, max_upload_size: int, preferred: int) -> int:
@@ -72,6 +80,8 @@ def _is_missing(exc: BaseException) -> bool:
 class _Info:
     multipart_id: str
     part_size: int
+    # None for multipart uploads started without a declared part checksum.
+    checksum: str | None = None
 
 
 class S3Upload:
@@ -92,7 +102,11 @@ class S3Upload:
         if self._info is None:
             body = await self.store.get_bytes(f"{self.object_key}.info")
             data = json.loads(body)
-            self._info = _Info(multipart_id=data["multipart_id"], part_size=int(data["part_size"]))
+            self._info = _Info(
+                multipart_id=data["multipart_id"],
+                part_size=int(data["part_size"]),
+                checksum=data.get("checksum"),
+            )
             self.store.remember(self.key, self._info)
         return self._info
 
@@ -102,9 +116,13 @@ class S3Upload:
 
     async def _start(self, part_size: int) -> None:
         client = self.store.client
-        created = await _s3(client.create_multipart_upload(Bucket=self.store.bucket, Key=self.object_key))
-        self._info = _Info(multipart_id=created["UploadId"], part_size=part_size)
-        payload = {"multipart_id": self._info.multipart_id, "part_size": part_size}
+        created = await _s3(
+            client.create_multipart_upload(
+                Bucket=self.store.bucket, Key=self.object_key, ChecksumAlgorithm=PART_CHECKSUM
+            )
+        )
+        self._info = _Info(multipart_id=created["UploadId"], part_size=part_size, checksum=PART_CHECKSUM)
+        payload = {"multipart_id": self._info.multipart_id, "part_size": part_size, "checksum": PART_CHECKSUM}
         await self.store.put_bytes(f"{self.object_key}.info", json.dumps(payload).encode())
         self.store.remember(self.key, self._info)
 
@@ -129,37 +147,45 @@ class S3Upload:
     ) -> int:
         info = await self.info()
         size = info.part_size
-        # Tails of other offsets are leftovers of crashed or rejected writes.
-        await self._drop_tails(keep=offset)
+        # Tails of other offsets are leftovers of crashed or rejected writes. Clearing them
+        # runs beside the parts; it ends before this write stores a tail of its own, so it
+        # can never remove that one.
+        housekeeping = asyncio.create_task(self._drop_tails(keep=offset))
         carried = offset % size
-        tail = await self.store.get_bytes(self._tail_key(offset)) if carried else b""
-        if len(tail) != carried:
-            raise StorageUnavailable(f"tail of {self.key} holds {len(tail)} bytes, expected {carried}")
-        # The received chunks themselves wait for a part to fill: a part is copied once.
-        pending = _Chunks([tail] if tail else [])
         part_start = offset - carried
         writer = _PartWriter(self, info, progress, offset, checkpoint)
         fresh = carried  # where this request's own bytes start (the digest has the tail's)
         try:
+            tail = await self.store.get_bytes(self._tail_key(offset)) if carried else b""
+            if len(tail) != carried:
+                raise StorageUnavailable(f"tail of {self.key} holds {len(tail)} bytes, expected {carried}")
+            # The received chunks themselves wait for a part to fill, and go out as they
+            # are: nothing copies a part's bytes on the way to S3.
+            pending = _Chunks([tail] if tail else [])
             async for chunk in body:
                 pending.append(chunk)
                 while pending.size >= size:
                     part = pending.take(size)
                     if digest is not None:
-                        await asyncio.to_thread(digest.update, [memoryview(part)[fresh:]])
+                        await asyncio.to_thread(digest.update, _skip(part, fresh))
                     fresh = 0
                     await writer.submit(part_start // size + 1, part, part_start + size)
                     part_start += size
             await writer.drain()
+            await housekeeping
             end = part_start + pending.size
             if pending.size and end != offset:
                 rest = pending.take(pending.size)
                 if digest is not None:
-                    await asyncio.to_thread(digest.update, [memoryview(rest)[fresh:]])
-                await self.store.put_bytes(self._tail_key(end), rest)
+                    await asyncio.to_thread(digest.update, _skip(rest, fresh))
+                await self.store.put_buffers(self._tail_key(end), rest)
                 progress.written = end - offset
         finally:
             await writer.close()
+            if not housekeeping.done():
+                await asyncio.wait([housekeeping])
+            if not housekeeping.cancelled():
+                housekeeping.exception()  # seen: a failed clean-up is retried by the next write
         return progress.written
 
     def reader(self, start: int, end: int) -> AsyncIterator[bytes]:
@@ -180,7 +206,7 @@ class S3Upload:
         count = math.ceil(length / size)
         if length % size:
             tail = await self.store.get_bytes(self._tail_key(length))
-            await self._upload_part(info, count, tail)
+            await self._upload_part(info, count, [tail])
         if count == 0:
             await self.store.put_bytes(self.object_key, b"")
             await self._abort(info)
@@ -230,7 +256,7 @@ class S3Upload:
                     CopySource={"Bucket": bucket, "Key": part.object_key},
                 )
             )
-            completed.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
+            completed.append(_completed_part(info, number, copied["CopyPartResult"]))
         await self._complete_multipart(info, completed)
 
     async def _concatenate_by_streaming(self, parts: list[StoredUpload], lengths: list[int]) -> None:
@@ -252,15 +278,16 @@ class S3Upload:
             raise
         return int(head["ContentLength"])
 
-    async def _upload_part(self, info: _Info, number: int, data: bytes) -> None:
+    async def _upload_part(self, info: _Info, number: int, data: list[Buffer]) -> None:
         await _s3(
             self.store.client.upload_part(
                 Bucket=self.store.bucket,
                 Key=self.object_key,
                 UploadId=info.multipart_id,
                 PartNumber=number,
-                Body=_PartBody(data),
-                ContentLength=len(data),
+                Body=(body := _PartBody(data)),
+                ContentLength=len(body),
+                **({"ChecksumAlgorithm": info.checksum} if info.checksum else {}),
             )
         )
 
@@ -278,7 +305,7 @@ class S3Upload:
         self._forget_info()
 
     async def _listed_parts(self, info: _Info, count: int) -> list[dict[str, Any]]:
-        found: dict[int, str] = {}
+        found: dict[int, dict[str, Any]] = {}
         marker = 0
         while True:
             page = await _s3(
@@ -290,14 +317,14 @@ class S3Upload:
                 )
             )
             for part in page.get("Parts", []):
-                found[int(part["PartNumber"])] = part["ETag"]
+                found[int(part["PartNumber"])] = _completed_part(info, int(part["PartNumber"]), part)
             if not page.get("IsTruncated"):
                 break
             marker = int(page["NextPartNumberMarker"])
         missing = [n for n in range(1, count + 1) if n not in found]
         if missing:
             raise StorageUnavailable(f"{self.key}: parts {missing[:5]} are missing")
-        return [{"PartNumber": n, "ETag": found[n]} for n in range(1, count + 1)]
+        return [found[n] for n in range(1, count + 1)]
 
     async def _abort(self, info: _Info) -> None:
         with contextlib.suppress(StorageUnavailable):
@@ -308,43 +335,72 @@ class S3Upload:
             )
 
 
-class _Chunks:
-    """Received chunks waiting to fill a part, kept as they came (no copy until a part)."""
+def _completed_part(info: _Info, number: int, described: dict[str, Any]) -> dict[str, Any]:
+    """A part as CompleteMultipartUpload names it: with its checksum when the upload has one."""
+    part = {"PartNumber": number, "ETag": described["ETag"]}
+    field = f"Checksum{info.checksum}"
+    if info.checksum and described.get(field):
+        part[field] = described[field]
+    return part
 
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = deque(chunks)
+
+class _Chunks:
+    """Received chunks waiting to fill a part, kept as they came (never joined)."""
+
+    def __init__(self, chunks: list[Buffer]) -> None:
+        self.chunks: deque[Buffer] = deque(chunks)
         self.size = sum(len(c) for c in chunks)
 
-    def append(self, chunk: bytes) -> None:
+    def append(self, chunk: Buffer) -> None:
         self.chunks.append(chunk)
         self.size += len(chunk)
 
-    def take(self, count: int) -> bytes:
-        """The first ``count`` bytes, as one object."""
-        taken: list[bytes] = []
+    def take(self, count: int) -> list[Buffer]:
+        """The first ``count`` bytes, as the chunks (or views of them) that hold them."""
+        taken: list[Buffer] = []
         needed = count
         while needed:
             chunk = self.chunks.popleft()
             if len(chunk) > needed:
-                taken.append(chunk[:needed])
-                self.chunks.appendleft(chunk[needed:])
+                view = memoryview(chunk)
+                taken.append(view[:needed])
+                self.chunks.appendleft(view[needed:])
                 needed = 0
             else:
                 taken.append(chunk)
                 needed -= len(chunk)
         self.size -= count
-        return taken[0] if len(taken) == 1 else b"".join(taken)
+        return taken
+
+
+def _skip(buffers: list[Buffer], count: int) -> list[Buffer]:
+    """``buffers`` without their first ``count`` bytes."""
+    rest: list[Buffer] = []
+    for buffer in buffers:
+        if count >= len(buffer):
+            count -= len(buffer)
+            continue
+        rest.append(memoryview(buffer)[count:] if count else buffer)
+        count = 0
+    return rest
 
 
 class _PartBody(io.RawIOBase):
-    """A part's bytes as a seekable stream: the HTTP client reads it without a copy of its own.
+    """An object's bytes, held as the chunks they arrived in, as a seekable stream.
 
-    (Given plain bytes, botocore wraps them in a BytesIO that aiohttp then copies whole.)
+    The signer and the checksum read it in slices (views, not copies); the HTTP client
+    sends the chunks themselves (``_PartPayload``), without a thread hop per read.
     """
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, buffers: list[Buffer]) -> None:
         super().__init__()
-        self._view = memoryview(data)
+        self.buffers = [memoryview(b).cast("B") for b in buffers if len(b)]
+        self._starts: list[int] = []
+        total = 0
+        for view in self.buffers:
+            self._starts.append(total)
+            total += len(view)
+        self._size = total
         self._position = 0
 
     def readable(self) -> bool:
@@ -353,22 +409,28 @@ class _PartBody(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> Any:
-        # Slices of the part, not copies: the signer, the checksum and the socket only
-        # need a buffer to look at.
-        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._position + size)
-        chunk = self._view[self._position : end]
-        self._position = end
+    def read(self, size: int | None = -1) -> Any:
+        if self._position >= self._size:
+            return b""
+        if size is None or size < 0:
+            index = bisect.bisect_right(self._starts, self._position) - 1
+            first = self.buffers[index][self._position - self._starts[index] :]
+            self._position = self._size
+            return b"".join([first, *self.buffers[index + 1 :]])
+        # At most up to the end of the current chunk: a short read, which readers allow.
+        index = bisect.bisect_right(self._starts, self._position) - 1
+        start = self._position - self._starts[index]
+        chunk = self.buffers[index][start : start + size]
+        self._position += len(chunk)
         return chunk
 
     def readinto(self, buffer: Any) -> int:
-        count = min(len(buffer), len(self._view) - self._position)
-        buffer[:count] = self._view[self._position : self._position + count]
-        self._position += count
-        return count
+        chunk = self.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
         self._position = max(0, base + offset)
         return self._position
 
@@ -376,7 +438,34 @@ class _PartBody(io.RawIOBase):
         return self._position
 
     def __len__(self) -> int:
-        return len(self._view)
+        return self._size
+
+
+class _PartPayload(http_payload.Payload):
+    """Sends a ``_PartBody``'s chunks as they are, from the event loop.
+
+    aiohttp's generic stream payload reads a file object 64 KiB at a time in a thread,
+    which for bytes already in memory is a thread hop per 64 KiB and a copy of each.
+    """
+
+    _value: _PartBody
+
+    def __init__(self, value: _PartBody, *args: Any, **kwargs: Any) -> None:
+        super().__init__(value, *args, **kwargs)
+        self._size = len(value)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        # The whole part is handed to the transport at once (its chunks are referenced, not
+        # copied), so the socket stays full and S3 receives it in large reads.
+        for view in self._value.buffers:
+            await writer.write(view, drain=False)  # type: ignore[call-arg]
+        await writer.drain()
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._value.buffers).decode(encoding, errors)
+
+
+http_payload.register_payload(_PartPayload, _PartBody, order=http_payload.Order.try_first)
 
 
 class _PartWriter:
@@ -403,7 +492,7 @@ class _PartWriter:
         self._lock = asyncio.Lock()
         self._recorder: asyncio.Task[None] | None = None
 
-    async def submit(self, number: int, data: bytes, end: int) -> None:
+    async def submit(self, number: int, data: list[Buffer], end: int) -> None:
         while len(self.in_flight) >= self.upload.store.concurrency:
             await self._wait_oldest()
         task = asyncio.create_task(self.upload._upload_part(self.info, number, data))
@@ -550,6 +639,10 @@ class S3Store:
 
     async def put_bytes(self, key: str, data: bytes) -> None:
         await _s3(self.client.put_object(Bucket=self.bucket, Key=key, Body=data))
+
+    async def put_buffers(self, key: str, buffers: list[Buffer]) -> None:
+        body = _PartBody(buffers)
+        await _s3(self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentLength=len(body)))
 
     async def delete(self, key: str) -> None:
         await _s3(self.client.delete_object(Bucket=self.bucket, Key=key))

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from uploader.db.engine import Database
 from uploader.events.bus import EventBus, LocalEventBus
-from uploader.events.redis_bus import RedisEventBus
 from uploader.processing.base import Processor
 from uploader.processing.embedded import EmbeddedProcessor
 from uploader.processing.pipeline import Pipeline
@@ -18,7 +17,6 @@ from uploader.settings import Settings
 from uploader.storage.base import UploadStore
 from uploader.storage.registry import build_store
 from uploader.uploads.locks import LocalLocker, UploadLocker
-from uploader.uploads.redis_locks import RedisLocker
 from uploader.uploads.service import UploadService
 from uploader.webhooks.delivery import EmbeddedWebhooks, WebhookDispatcher, WebhookingEventBus
 
@@ -50,18 +48,18 @@ class Runtime:
         db = Database(settings.resolved_database_url)
         store = build_store(settings)
         await store.start()
-        events: EventBus = (
-            RedisEventBus(settings.redis_url, prefix=f"{settings.redis_prefix}:events")
-            if settings.redis_url
-            else LocalEventBus()
-        )
+        events: EventBus
+        locker: UploadLocker
+        if settings.redis_url:  # the Redis client is imported only where it is used
+            from uploader.events.redis_bus import RedisEventBus
+            from uploader.uploads.redis_locks import RedisLocker
+
+            events = RedisEventBus(settings.redis_url, prefix=f"{settings.redis_prefix}:events")
+            locker = RedisLocker(settings.redis_url, settings.redis_prefix, settings.lock_timeout_seconds)
+        else:
+            events, locker = LocalEventBus(), LocalLocker(settings.lock_timeout_seconds)
         if settings.webhook_url:
             events = WebhookingEventBus(events, queued_webhooks or EmbeddedWebhooks(settings))
-        locker: UploadLocker = (
-            RedisLocker(settings.redis_url, settings.redis_prefix, settings.lock_timeout_seconds)
-            if settings.redis_url
-            else LocalLocker(settings.lock_timeout_seconds)
-        )
         await locker.start()
         pipeline = Pipeline(settings, db, store, events)
         processor: Processor | None = None

@@ -16,6 +16,10 @@ from typing import Any, Protocol
 TERMINAL_TYPES = frozenset({"upload.ready", "upload.failed", "upload.expired", "upload.terminated"})
 
 
+class EventsUnavailable(ConnectionError):
+    """The event broker cannot be reached or did not answer in time: worth a later retry."""
+
+
 @dataclass(frozen=True)
 class Event:
     id: int

@@ -13,10 +13,11 @@ import json
 import time
 from typing import Any
 
+import redis.exceptions
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from uploader.events.bus import Event, QueueSubscription
+from uploader.events.bus import Event, EventsUnavailable, QueueSubscription
 
 _PUBLISH = """
 local id = redis.call('INCR', KEYS[1])
@@ -67,7 +68,10 @@ class RedisEventBus:
         body = json.dumps({"type": type, "upload_id": upload_id, "owner": owner, "data": data, "at": at})
         keys = [f"{self.prefix}:seq", self._stream(owner, upload_id), self._stream(owner, None)]
         args: list[str | int] = [body, self.per_upload, self.per_owner, self.upload_ttl_seconds]
-        event_id = await self._publish(keys=keys, args=args)
+        try:
+            event_id = await self._publish(keys=keys, args=args)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise EventsUnavailable(f"Redis: {exc}") from exc
         return Event(id=int(event_id), type=type, upload_id=upload_id, owner=owner, data=data, at=at)
 
     async def history(self, owner: str, upload_id: str | None, after: int | None) -> list[Event]:

@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.exceptions
 import sqlalchemy.exc
 
 from uploader.db.engine import Database
@@ -39,9 +38,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     StorageUnavailable,
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    ConnectionError,
+    ConnectionError,  # EventsUnavailable among them: the event broker is away
 )
 PROGRESS_INTERVAL = 0.25  # seconds between progress events of one step
 RECORD_STEPS_AFTER = 0.2  # a step taking longer is recorded on its own

@@ -7,13 +7,15 @@ import asyncio
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Protocol
 
 from uploader.events.bus import Event, EventBus, Subscription
 from uploader.kit.logging import get_logger
 from uploader.settings import Settings
+
+if TYPE_CHECKING:  # the HTTP client is imported only where webhooks are configured
+    import httpx
+
 from uploader.webhooks.signing import (
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -63,6 +65,8 @@ async def deliver(
         TIMESTAMP_HEADER: str(timestamp),
         SIGNATURE_HEADER: signature(settings.webhook_secret, timestamp, body),
     }
+    import httpx
+
     own_client = client is None
     http = client or httpx.AsyncClient(timeout=settings.webhook_timeout_seconds)
     try:
@@ -87,6 +91,8 @@ class EmbeddedWebhooks:
     """Deliveries as asyncio tasks of the API process, with their own retry loop."""
 
     def __init__(self, settings: Settings) -> None:
+        import httpx
+
         self.settings = settings
         self._client = httpx.AsyncClient(timeout=settings.webhook_timeout_seconds)
         self._tasks: set[asyncio.Task[None]] = set()

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         default=8 * MiB, ge=5 * MiB, description="Multipart part size (grows for very large uploads)."
     )
     s3_concurrency: int = Field(
-        default=4,
+        default=3,
         ge=1,
         le=64,
         description="Parts in flight per upload; memory per upload ~ this x part size.",

@@ -71,6 +71,7 @@ class LocalUpload:
         pending: list[bytes] = []
         pending_size = 0
         recorded = offset
+        recorder = _Recorder(checkpoint) if checkpoint is not None else None
         try:
             async for chunk in body:
                 pending.append(chunk)
@@ -82,15 +83,20 @@ class LocalUpload:
                 in_flight, in_flight_size = submit(pending, pending_size, last=False), pending_size
                 pending, pending_size = [], 0
                 durable = offset + progress.written
-                if checkpoint is not None and durable - recorded >= self.checkpoint_bytes:
+                if recorder is not None and durable - recorded >= self.checkpoint_bytes:
                     recorded = durable
-                    await checkpoint(durable)
+                    recorder.record(durable)
             await settle()
             if pending:  # a small body is opened, written and closed by one thread job
                 in_flight, in_flight_size = submit(pending, pending_size, last=True), pending_size
                 pending, pending_size = [], 0
             await settle()
+            if recorder is not None:
+                await recorder.finish()
         finally:
+            if recorder is not None:  # no checkpoint may land after the caller's own record
+                with contextlib.suppress(BaseException):
+                    await recorder.finish()
             if in_flight is not None and not in_flight.done():
                 # Cancelled while a thread still writes: close the file after it.
                 in_flight.add_done_callback(lambda _: sink.close())
@@ -158,6 +164,34 @@ class LocalUpload:
 
     async def declare_length(self, length: int) -> None:
         return None
+
+
+class _Recorder:
+    """Records durable offsets beside the transfer, so the body keeps flowing while the
+    database writes; in order, one at a time, and always the latest one last."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+        self.latest = 0
+        self.recorded = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def record(self, offset: int) -> None:
+        self.latest = offset
+        if self.task is not None and self.task.done():
+            self.task.result()  # a failed record fails the write
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while self.recorded != self.latest:
+            offset = self.latest
+            await self.checkpoint(offset)
+            self.recorded = offset
+
+    async def finish(self) -> None:
+        if self.task is not None:
+            await self.task
 
 
 class _FileSink:

@@ -82,6 +82,9 @@ def test_kill_9_mid_patch_loses_at_most_a_few_mib_and_resumes_byte_identical(
             if status["offset"] >= 16 * MiB:
                 break
             time.sleep(0.05)
+        else:
+            stalled = f"the offset stayed at {status['offset']} during the PATCH"
+            raise AssertionError(f"{stalled}:\n{server.log()[-3000:]}")
         server.kill()
         feeder.close()
         server.start()
@@ -89,7 +92,7 @@ def test_kill_9_mid_patch_loses_at_most_a_few_mib_and_resumes_byte_identical(
         # Of 24 MiB received, what is lost is what was still being written: a few MiB.
         assert 16 * MiB <= offset <= 24 * MiB
         finish_from(url, data, offset)
-        assert downloaded_digest(server, url) == hashlib.sha256(data).hexdigest()
+        assert downloaded_digest(server, url) == hashlib.sha256(data).hexdigest(), f"resumed at {offset}"
     finally:
         server.stop()
 

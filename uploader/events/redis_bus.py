@@ -13,9 +13,10 @@ import json
 import time
 from typing import Any
 
-import redis.exceptions
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from uploader.events.bus import Event, EventsUnavailable, QueueSubscription
 
@@ -70,7 +71,7 @@ class RedisEventBus:
         args: list[str | int] = [body, self.per_upload, self.per_owner, self.upload_ttl_seconds]
         try:
             event_id = await self._publish(keys=keys, args=args)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except (RedisConnectionError, RedisTimeoutError) as exc:
             raise EventsUnavailable(f"Redis: {exc}") from exc
         return Event(id=int(event_id), type=type, upload_id=upload_id, owner=owner, data=data, at=at)
 

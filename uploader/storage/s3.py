@@ -638,7 +638,7 @@ class S3Store:
         return data
 
     async def put_bytes(self, key: str, data: bytes) -> None:
-        await _s3(self.client.put_object(Bucket=self.bucket, Key=key, Body=data))
+        await self.put_buffers(key, [data])
 
     async def put_buffers(self, key: str, buffers: list[Buffer]) -> None:
         body = _PartBody(buffers)

@@ -60,6 +60,12 @@ def uploader_command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "uploader"]
 
 
+def spawn_uploader(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``uploader ARGS`` as a child process, its output appended to ``log_path``."""
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([*uploader_command(), *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
 @dataclass
 class LiveServer:
     data_dir: Path
@@ -81,12 +87,8 @@ class LiveServer:
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child process keeps it open
-        self.process = subprocess.Popen(
-            [*uploader_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        self.process = spawn_uploader(
+            ["serve", "--host", "127.0.0.1", "--port", str(self.port)], self.env, self.log_path
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -228,13 +230,7 @@ class WorkerProcess:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self, concurrency: int = 1) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child process keeps it open
-        self.process = subprocess.Popen(
-            [*uploader_command(), "worker", f"--concurrency={concurrency}"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        self.process = spawn_uploader(["worker", f"--concurrency={concurrency}"], self.env, self.log_path)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -31,6 +31,7 @@ from tests.support import (
     metadata,
     redis_env,
     s3_client,
+    spawn_uploader,
     start_server,
     uploader_command,
 )
@@ -323,12 +324,8 @@ def test_beat_schedules_the_sweep_that_expires_uploads(stack: Stack, tmp_path: P
     unfinished past its expiry is removed."""
     short = {**stack.env, "UPLOADER_CLEANUP_INTERVAL_SECONDS": "0.5", "UPLOADER_UPLOAD_TTL_SECONDS": "1"}
     api = start_server(tmp_path / "short-ttl", **short)
-    beat = subprocess.Popen(
-        [*uploader_command(), "beat"],
-        env={**os.environ, **short, "UPLOADER_DATA_DIR": str(tmp_path)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    beat_env = {**os.environ, **short, "UPLOADER_DATA_DIR": str(tmp_path)}
+    beat = spawn_uploader(["beat"], beat_env, tmp_path / "beat.log")
     try:
         url = create_only(stack, 100, "never.bin", "application/octet-stream").replace(stack.api.url, api.url)
         send(url, b"x" * 10)

@@ -8,6 +8,7 @@ from an async stream, reads a byte range and finishes. Optional capabilities
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,39 @@ from typing import Protocol, runtime_checkable
 
 Checkpoint = Callable[[int], Awaitable[None]]
 """Called with an absolute offset once every byte before it is durable in storage."""
+
+
+class CheckpointRecorder:
+    """Records a write's durable offsets beside the transfer, so the bytes keep flowing
+    while the database writes: in order, one at a time, and always the latest one last.
+
+    ``record`` never blocks and never raises; a failed record surfaces from ``finish``,
+    which a backend awaits before its write returns, so no checkpoint lands after the
+    caller's own record of the write.
+    """
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+        self.latest = 0
+        self.recorded = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def record(self, offset: int) -> None:
+        self.latest = offset
+        if self.task is None or (
+            self.task.done() and not self.task.cancelled() and self.task.exception() is None
+        ):
+            self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while self.recorded != self.latest:
+            offset = self.latest
+            await self.checkpoint(offset)
+            self.recorded = offset
+
+    async def finish(self) -> None:
+        if self.task is not None:
+            await self.task
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 
 from uploader.storage.base import (
     Checkpoint,
+    CheckpointRecorder,
     RunningDigest,
     StorageFull,
     StorageUnavailable,
@@ -71,7 +72,7 @@ class LocalUpload:
         pending: list[bytes] = []
         pending_size = 0
         recorded = offset
-        recorder = _Recorder(checkpoint) if checkpoint is not None else None
+        recorder = CheckpointRecorder(checkpoint) if checkpoint is not None else None
         try:
             async for chunk in body:
                 pending.append(chunk)
@@ -164,34 +165,6 @@ class LocalUpload:
 
     async def declare_length(self, length: int) -> None:
         return None
-
-
-class _Recorder:
-    """Records durable offsets beside the transfer, so the body keeps flowing while the
-    database writes; in order, one at a time, and always the latest one last."""
-
-    def __init__(self, checkpoint: Checkpoint) -> None:
-        self.checkpoint = checkpoint
-        self.latest = 0
-        self.recorded = 0
-        self.task: asyncio.Task[None] | None = None
-
-    def record(self, offset: int) -> None:
-        self.latest = offset
-        if self.task is not None and self.task.done():
-            self.task.result()  # a failed record fails the write
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while self.recorded != self.latest:
-            offset = self.latest
-            await self.checkpoint(offset)
-            self.recorded = offset
-
-    async def finish(self) -> None:
-        if self.task is not None:
-            await self.task
 
 
 class _FileSink:

@@ -34,6 +34,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from uploader.storage.base import (
     Checkpoint,
+    CheckpointRecorder,
     RunningDigest,
     StorageUnavailable,
     StoredUpload,
@@ -471,8 +472,8 @@ http_payload.register_payload(_PartPayload, _PartBody, order=http_payload.Order.
 class _PartWriter:
     """Uploads parts concurrently (bounded) and records durable progress in order.
 
-    A part that lands is recorded at once (a checkpoint), even while the client is
-    silent, so a crash loses at most the parts still in flight.
+    A part that lands is recorded at once (a checkpoint, beside the transfer), even while
+    the client is silent, so a crash loses at most the parts still in flight.
     """
 
     def __init__(
@@ -487,41 +488,33 @@ class _PartWriter:
         self.info = info
         self.progress = progress
         self.offset = offset
-        self.checkpoint = checkpoint
+        self.recorder = CheckpointRecorder(checkpoint) if checkpoint is not None else None
         self.in_flight: deque[tuple[asyncio.Task[None], int]] = deque()
-        self._lock = asyncio.Lock()
-        self._recorder: asyncio.Task[None] | None = None
 
     async def submit(self, number: int, data: list[Buffer], end: int) -> None:
         while len(self.in_flight) >= self.upload.store.concurrency:
             await self._wait_oldest()
         task = asyncio.create_task(self.upload._upload_part(self.info, number, data))
-        task.add_done_callback(self._on_done)
+        task.add_done_callback(lambda _: self._count_landed())
         self.in_flight.append((task, end))
 
-    def _on_done(self, _task: asyncio.Task[None]) -> None:
-        if self._recorder is None or self._recorder.done():
-            self._recorder = asyncio.ensure_future(self._record())
-
-    async def _record(self) -> None:
-        async with self._lock:
-            advanced = False
-            while self.in_flight and self.in_flight[0][0].done():
-                task, end = self.in_flight[0]
-                if task.cancelled() or task.exception() is not None:
-                    break  # left at the head: whoever waits for it sees the failure
-                self.in_flight.popleft()
-                self.progress.written = end - self.offset
-                advanced = True
-            if advanced and self.checkpoint is not None:
-                await self.checkpoint(self.offset + self.progress.written)
+    def _count_landed(self) -> None:
+        """The parts at the head that landed count, in order; a failed one stays there."""
+        advanced = False
+        while self.in_flight and self.in_flight[0][0].done():
+            task, end = self.in_flight[0]
+            if task.cancelled() or task.exception() is not None:
+                break  # left at the head: whoever waits for it sees the failure
+            self.in_flight.popleft()
+            self.progress.written = end - self.offset
+            advanced = True
+        if advanced and self.recorder is not None:
+            self.recorder.record(self.offset + self.progress.written)
 
     async def _wait_oldest(self) -> None:
         task = self.in_flight[0][0]
         await asyncio.wait({task})
-        await self._record()
-        if self._recorder is not None:
-            await self._recorder
+        self._count_landed()
         if task.cancelled() or task.exception() is not None:
             await task  # raises the part's failure
 
@@ -529,18 +522,17 @@ class _PartWriter:
         """Every part stored and recorded; no checkpoint can arrive after this returns."""
         while self.in_flight:
             await self._wait_oldest()
-        if self._recorder is not None:
-            await self._recorder
+        if self.recorder is not None:
+            await self.recorder.finish()
 
     async def close(self) -> None:
         """On failure: parts already under way may finish and count; the rest is dropped."""
         if self.in_flight:
             await asyncio.wait([task for task, _ in self.in_flight])
-        with contextlib.suppress(Exception):
-            await self._record()
-        if self._recorder is not None:
+        self._count_landed()
+        if self.recorder is not None:
             with contextlib.suppress(Exception):
-                await self._recorder
+                await self.recorder.finish()
         self.in_flight.clear()
 
 

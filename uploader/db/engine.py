@@ -9,9 +9,7 @@ anyway, and a per-statement round trip to a driver thread costs more than the wo
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -49,7 +47,6 @@ class Database:
                 connect_args={"check_same_thread": False},
             )
             event.listen(self._sqlite, "connect", _sqlite_pragmas)
-            self._sqlite_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
         else:
             self._async = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
@@ -61,16 +58,13 @@ class Database:
     async def run(self, work: Work[T]) -> T:
         """Run ``work(connection)`` as one transaction and return its result."""
         if self._sqlite is not None:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._sqlite_thread, self._run_sqlite, work)
+            return self._run_sqlite(work)
         assert self._async is not None
         async with self._async.begin() as connection:
             return await connection.run_sync(work)
 
     async def dispose(self) -> None:
         if self._sqlite is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._sqlite_thread, self._sqlite.dispose)
-            self._sqlite_thread.shutdown(wait=True)
+            self._sqlite.dispose()
         if self._async is not None:
             await self._async.dispose()

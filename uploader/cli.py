@@ -4,6 +4,8 @@ its client (``upload``, ``status``, ``watch``, ``download``)."""
 from __future__ import annotations
 
 import argparse
+import gc
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -18,9 +20,24 @@ from uploader.settings import Settings
 
 log = get_logger(__name__)
 
+# A request allocates a few hundred container objects that die young; collecting the
+# youngest generation every 700 allocations (the default) cost about 5% of the CPU of
+# many small uploads. The cyclic garbage that waits longer this way is request-sized.
+GC_THRESHOLDS = (20_000, 20, 20)
+
 
 class _GracefulServer(uvicorn.Server):
-    """On SIGTERM/SIGINT, in-flight PATCHes stop reading and record what they received."""
+    """On SIGTERM/SIGINT, in-flight PATCHes stop reading and record what they received.
+
+    Once started, everything loaded so far (modules, the app, the runtime) is moved out of
+    the collector's sight: full collections no longer walk a heap that lives as long as
+    the process.
+    """
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        gc.collect()
+        gc.freeze()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         app = self.config.loaded_app
@@ -39,6 +56,7 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     if migrated.returncode != 0:
         log.error("database.migration_failed", exit_code=migrated.returncode)
         return migrated.returncode
+    gc.set_threshold(*GC_THRESHOLDS)
     config = uvicorn.Config(
         create_app(settings),
         host=host,

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import io
 import json
+import tarfile
 
 import httpx
 from PIL import Image
@@ -22,6 +23,53 @@ async def upload(client: httpx.AsyncClient, data: bytes, name: str, declared: st
         client, data, chunk=256 * 1024, **{"Upload-Metadata": metadata(filename=name, filetype=declared)}
     )
     return upload_id(path)
+
+
+def tar_archive() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        content = b"notes\n" * 100
+        entry = tarfile.TarInfo("notes.txt")
+        entry.size = len(content)
+        archive.addfile(entry, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+async def test_a_file_is_processed_from_what_arrived_if_that_is_enough(app_client: httpx.AsyncClient) -> None:
+    """A file that is not an image needs only its first bytes and its SHA-256, both seen as
+    it arrived: it is ready when its last PATCH is answered, even with every pipeline slot
+    taken, and its events are those of a full run. An image still waits for a slot."""
+    runtime = app_client.app.state.runtime  # type: ignore[attr-defined]
+    slots: asyncio.Semaphore = runtime.processor._slots
+    archive = tar_archive()  # its signature is at offset 257: the sniffed bytes span PATCHes
+    taken = 0
+    try:
+        while not slots.locked():
+            await slots.acquire()
+            taken += 1
+        path = await upload_bytes(
+            app_client, archive, chunk=100, **{"Upload-Metadata": metadata(filename="notes.tar")}
+        )
+        status = (await app_client.get(f"/api/v1/uploads/{upload_id(path)}")).json()
+        picture = await upload(app_client, png(64, 48), "waits.png", "image/png")
+        assert (await app_client.get(f"/api/v1/uploads/{picture}")).json()["state"] == "received"
+    finally:
+        for _ in range(taken):
+            slots.release()
+    assert status["state"] == "ready"
+    assert status["detected_type"] == "application/x-tar"
+    assert status["sha256"] == hashlib.sha256(archive).hexdigest()
+    steps = {name: step["state"] for name, step in status["processing"]["steps"].items()}
+    assert steps == {"sniff": "done", "sha256": "done", "variants": "skipped"}
+    history = await runtime.events.history("anonymous", upload_id(path), None)
+    assert [event.type for event in history if not event.type.endswith("progress")] == [
+        "upload.created",
+        "upload.received",
+        "upload.processing",
+        *[f"processing.step_{phase}" for _ in steps for phase in ("started", "done")],
+        "upload.ready",
+    ]
+    assert (await settled_status(app_client, picture))["variants"]
 
 
 async def test_jpeg_gets_upright_variants_without_metadata(

@@ -8,8 +8,13 @@ from uploader.db.models import Upload
 
 
 class Processor(Protocol):
-    async def submit(self, upload: Upload) -> None:
-        """Process a completed upload (called after its transaction committed)."""
+    async def submit(self, upload: Upload, head: bytes | None = None) -> None:
+        """Process a completed upload (called after its transaction committed).
+
+        ``head``: the upload's first bytes (``workers.steps.SNIFF_BYTES`` of them, or all
+        of a shorter upload) when the caller saw them arrive, so that they need not be
+        read back.
+        """
         ...
 
     async def resume_pending(self) -> None:

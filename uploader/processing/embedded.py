@@ -28,7 +28,9 @@ class EmbeddedProcessor:
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, upload: Upload) -> None:
+    async def submit(self, upload: Upload, head: bytes | None = None) -> None:
+        if head is not None and await self.pipeline.run_from_head(upload, head):
+            return
         task = asyncio.create_task(self._run(upload.id), name=f"process-{upload.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -17,6 +17,7 @@ import io
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import sqlalchemy.exc
@@ -120,6 +121,33 @@ class Pipeline:
         await self._publish(upload, "upload.ready")
         return upload.state
 
+    async def run_from_head(self, upload: Upload, head: bytes) -> bool:
+        """Process a just-completed upload from what arrived with it, when that is all the
+        steps need: its first bytes to sniff, its SHA-256 computed while it arrived, and a
+        type that has no variants. The upload goes from ``received`` to ``ready`` in one
+        transaction, with the events of a full run. False: it needs a full run."""
+        if upload.state != UploadState.RECEIVED or upload.sha256 is None:
+            return False
+        detected = self._detect(upload, head)
+        if detected in IMAGE_TYPES:
+            return False
+        now = utcnow().isoformat()
+        steps = {name: {"state": "done", "seconds": 0.0} for name in self.steps}
+        steps["variants"]["state"] = "skipped"
+        processing = {"steps": steps, "started_at": now, "finished_at": now}
+        ready = {"state": UploadState.READY, "detected_type": detected, "processing": processing}
+        if not await self._advance(upload, UploadState.RECEIVED, **ready):
+            return True  # removed meanwhile: nothing to process
+        during = {**event_data(upload), "state": str(UploadState.PROCESSING)}
+        publish = partial(self.events.publish, upload.owner, upload.id)
+        await publish("upload.processing", during)
+        for name, done in steps.items():
+            await publish("processing.step_started", {**during, "step": name})
+            await publish("processing.step_done", {**during, "step": name, "outcome": done["state"]})
+        log.info("processing.ready", upload_id=upload.id, detected_type=detected, from_head=True)
+        await self._publish(upload, "upload.ready")
+        return True
+
     async def _left_processing(self, upload: Upload) -> str | None:
         """The upload left ``processing`` under this run (terminated, expired, or finished
         by another delivery). Variants written for an upload that is gone go too."""
@@ -169,6 +197,10 @@ class Pipeline:
 
     async def _sniff(self, upload: Upload) -> StepResult:
         head = await self._read(upload, 0, min(SNIFF_BYTES, upload.length or 0))
+        return StepResult({"detected_type": self._detect(upload, head)})
+
+    @staticmethod
+    def _detect(upload: Upload, head: bytes) -> str:
         detected = sniff(head)
         if not types_agree(upload.declared_type, detected):
             log.info(
@@ -177,7 +209,7 @@ class Pipeline:
                 declared=upload.declared_type,
                 detected=detected,
             )
-        return StepResult({"detected_type": detected})
+        return detected
 
     async def _sha256(self, upload: Upload) -> StepResult:
         if upload.sha256 is not None:

@@ -26,7 +26,7 @@ class QueuedProcessor:
         self.app = app
         self.settings = settings
 
-    async def submit(self, upload: Upload) -> None:
+    async def submit(self, upload: Upload, head: bytes | None = None) -> None:
         await send_task(self.app, PROCESS_TASK, upload.id, self.settings)
 
     async def resume_pending(self) -> None:

@@ -65,12 +65,16 @@ class RunningDigest:
     says how many bytes the digest has seen, so a caller can tell whether it is whole.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, head_bytes: int = 0) -> None:
         self._hash = hashlib.sha256()
         self.covered = 0
+        self._head_bytes = head_bytes
+        self.head = b""  # the first ``head_bytes`` bytes, for whoever sniffs the content
 
     def update(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
         for buffer in buffers:
+            if self.covered < self._head_bytes:
+                self.head += bytes(buffer[: self._head_bytes - self.covered])
             self._hash.update(buffer)
             self.covered += len(buffer)
 

@@ -37,6 +37,7 @@ from uploader.uploads import repository
 from uploader.uploads.body import BodyTooLong, RequestBody
 from uploader.uploads.locks import LocalLocker, UploadLocked, UploadLocker
 from uploader.uploads.metadata import declared_type_of, filename_of
+from workers.steps import SNIFF_BYTES
 
 log = get_logger(__name__)
 
@@ -100,6 +101,8 @@ class UploadService:
         # SHA-256 of uploads being written in order on this process, keyed by upload id:
         # the common case gets its checksum without reading the file again.
         self._digests: OrderedDict[str, RunningDigest] = OrderedDict()
+        # First bytes of uploads completed by a request still running, for its processor.
+        self._heads: dict[str, bytes] = {}
         # Uploads created here and not written yet: their first PATCH needs no SELECT. Only
         # sound while every writer of an upload is in this process (in-process locks).
         self._unwritten: OrderedDict[str, Upload] | None = (
@@ -109,7 +112,7 @@ class UploadService:
     def _digest_at(self, upload_id: str, offset: int) -> RunningDigest | None:
         digest = self._digests.pop(upload_id, None)
         if offset == 0:
-            return RunningDigest()
+            return RunningDigest(head_bytes=SNIFF_BYTES if self.processor is not None else 0)
         return digest if digest is not None and digest.covered == offset else None
 
     def _digest_inline(self, upload: Upload) -> bool:
@@ -424,14 +427,20 @@ class UploadService:
         # Partial uploads exist to be concatenated: they expire like unfinished ones.
         expires = self._expiry_from_now() if upload.concat_role == ConcatRole.PARTIAL else None
         digest = self._digests.pop(upload.id, None)
-        sha256 = digest.hexdigest() if digest is not None and digest.covered == length else None
         if length == 0:
-            sha256 = RunningDigest().hexdigest()
+            digest = RunningDigest()
+        whole = digest is not None and digest.covered == length
+        sha256 = digest.hexdigest() if digest is not None and whole else None
         # Partial uploads wait for their final upload; with processing off, received is ready.
         if upload.concat_role == ConcatRole.PARTIAL or self.processor is not None:
             state = UploadState.RECEIVED
         else:
             state = UploadState.READY
+        if self.processor is not None and upload.concat_role != ConcatRole.PARTIAL and whole:
+            assert digest is not None
+            self._heads[upload.id] = digest.head
+            while len(self._heads) > MAX_RUNNING_DIGESTS:  # left by requests that failed after
+                del self._heads[next(iter(self._heads))]
         fields.update(state=state, completed_at=utcnow(), expires_at=expires, sha256=sha256)
         await self.db.run(lambda s: repository.set_fields(s, upload, **fields))
         log.info("upload.received", upload_id=upload.id, length=length, state=state)
@@ -441,6 +450,7 @@ class UploadService:
 
     async def _after_complete(self, upload: Upload) -> None:
         """Runs after the completing transaction committed."""
+        head = self._heads.pop(upload.id, None)
         if upload.concat_role == ConcatRole.PARTIAL:
             finals = await self.db.run(lambda s: repository.unfinished_finals(s, upload.owner))
             for final in finals:
@@ -448,7 +458,7 @@ class UploadService:
                     await self._try_finish_final(final)
             return
         if self.processor is not None and upload.state == UploadState.RECEIVED:
-            await self.processor.submit(upload)
+            await self.processor.submit(upload, head)
 
     async def reprocess(self, owner: str, upload_id: str) -> Upload:
         """Run the pipeline again on a ready or failed upload."""

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from uploader.db.models import Upload
 
 
 class Processor(Protocol):
-    async def submit(self, upload: Upload, head: bytes | None = None) -> None:
-        """Process a completed upload (called after its transaction committed).
+    def processed_from_head(self, upload: Upload, head: bytes) -> dict[str, Any] | None:
+        """The columns processing would record, if the upload's first bytes (``head``, of
+        ``workers.steps.SNIFF_BYTES`` at most) and the SHA-256 computed as it arrived are all
+        it needs; recorded with the upload's completion. None: ``submit`` it."""
+        ...
 
-        ``head``: the upload's first bytes (``workers.steps.SNIFF_BYTES`` of them, or all
-        of a shorter upload) when the caller saw them arrive, so that they need not be
-        read back.
-        """
+    async def announce_processed(self, upload: Upload) -> None:
+        """Publish what processing would have, for an upload completed with the columns of
+        ``processed_from_head``."""
+        ...
+
+    async def submit(self, upload: Upload) -> None:
+        """Process a completed upload (called after its transaction committed)."""
         ...
 
     async def resume_pending(self) -> None:

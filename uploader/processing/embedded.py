@@ -8,6 +8,7 @@ unfinished uploads when the server starts.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from uploader.db.engine import Database
 from uploader.db.models import Upload, UploadState
@@ -28,9 +29,13 @@ class EmbeddedProcessor:
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, upload: Upload, head: bytes | None = None) -> None:
-        if head is not None and await self.pipeline.run_from_head(upload, head):
-            return
+    def processed_from_head(self, upload: Upload, head: bytes) -> dict[str, Any] | None:
+        return self.pipeline.processed_from_head(upload, head)
+
+    async def announce_processed(self, upload: Upload) -> None:
+        await self.pipeline.announce_processed(upload)
+
+    async def submit(self, upload: Upload) -> None:
         task = asyncio.create_task(self._run(upload.id), name=f"process-{upload.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -121,32 +121,33 @@ class Pipeline:
         await self._publish(upload, "upload.ready")
         return upload.state
 
-    async def run_from_head(self, upload: Upload, head: bytes) -> bool:
-        """Process a just-completed upload from what arrived with it, when that is all the
-        steps need: its first bytes to sniff, its SHA-256 computed while it arrived, and a
-        type that has no variants. The upload goes from ``received`` to ``ready`` in one
-        transaction, with the events of a full run. False: it needs a full run."""
-        if upload.state != UploadState.RECEIVED or upload.sha256 is None:
-            return False
+    def processed_from_head(self, upload: Upload, head: bytes) -> dict[str, Any] | None:
+        """What a full run would record for a just-completed upload, when what arrived with
+        it is all the steps need: its first bytes to sniff, its SHA-256 computed while it
+        arrived, and a type that has no variants. The caller records these columns with the
+        completion (the upload is ready at once) and then calls ``announce_processed``.
+        None: the upload needs a full run."""
+        if upload.sha256 is None:
+            return None
         detected = self._detect(upload, head)
         if detected in IMAGE_TYPES:
-            return False
+            return None
         now = utcnow().isoformat()
         steps = {name: {"state": "done", "seconds": 0.0} for name in self.steps}
         steps["variants"]["state"] = "skipped"
         processing = {"steps": steps, "started_at": now, "finished_at": now}
-        ready = {"state": UploadState.READY, "detected_type": detected, "processing": processing}
-        if not await self._advance(upload, UploadState.RECEIVED, **ready):
-            return True  # removed meanwhile: nothing to process
+        return {"state": UploadState.READY, "detected_type": detected, "processing": processing}
+
+    async def announce_processed(self, upload: Upload) -> None:
+        """The events of a full run, for an upload recorded with ``processed_from_head``."""
         during = {**event_data(upload), "state": str(UploadState.PROCESSING)}
         publish = partial(self.events.publish, upload.owner, upload.id)
         await publish("upload.processing", during)
-        for name, done in steps.items():
+        for name, step in (upload.processing or {}).get("steps", {}).items():
             await publish("processing.step_started", {**during, "step": name})
-            await publish("processing.step_done", {**during, "step": name, "outcome": done["state"]})
-        log.info("processing.ready", upload_id=upload.id, detected_type=detected, from_head=True)
+            await publish("processing.step_done", {**during, "step": name, "outcome": step["state"]})
+        log.info("processing.ready", upload_id=upload.id, detected_type=upload.detected_type, from_head=True)
         await self._publish(upload, "upload.ready")
-        return True
 
     async def _left_processing(self, upload: Upload) -> str | None:
         """The upload left ``processing`` under this run (terminated, expired, or finished

@@ -26,7 +26,13 @@ class QueuedProcessor:
         self.app = app
         self.settings = settings
 
-    async def submit(self, upload: Upload, head: bytes | None = None) -> None:
+    def processed_from_head(self, upload: Upload, head: bytes) -> dict[str, Any] | None:
+        return None  # the workers process every upload
+
+    async def announce_processed(self, upload: Upload) -> None:
+        return None
+
+    async def submit(self, upload: Upload) -> None:
         await send_task(self.app, PROCESS_TASK, upload.id, self.settings)
 
     async def resume_pending(self) -> None:

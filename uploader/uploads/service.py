@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -101,8 +101,6 @@ class UploadService:
         # SHA-256 of uploads being written in order on this process, keyed by upload id:
         # the common case gets its checksum without reading the file again.
         self._digests: OrderedDict[str, RunningDigest] = OrderedDict()
-        # First bytes of uploads completed by a request still running, for its processor.
-        self._heads: dict[str, bytes] = {}
         # Uploads created here and not written yet: their first PATCH needs no SELECT. Only
         # sound while every writer of an upload is in this process (in-process locks).
         self._unwritten: OrderedDict[str, Upload] | None = (
@@ -436,21 +434,24 @@ class UploadService:
             state = UploadState.RECEIVED
         else:
             state = UploadState.READY
-        if self.processor is not None and upload.concat_role != ConcatRole.PARTIAL and whole:
-            assert digest is not None
-            self._heads[upload.id] = digest.head
-            while len(self._heads) > MAX_RUNNING_DIGESTS:  # left by requests that failed after
-                del self._heads[next(iter(self._heads))]
         fields.update(state=state, completed_at=utcnow(), expires_at=expires, sha256=sha256)
+        # What processing would find may be known already: recorded with the completion.
+        processed = None
+        if self.processor is not None and upload.concat_role != ConcatRole.PARTIAL and sha256 is not None:
+            assert digest is not None
+            processed = self.processor.processed_from_head(replace(upload, sha256=sha256), digest.head)
+            fields.update(processed or {})
         await self.db.run(lambda s: repository.set_fields(s, upload, **fields))
-        log.info("upload.received", upload_id=upload.id, length=length, state=state)
-        await self._publish(upload, "upload.received")
-        if state == UploadState.READY:
+        log.info("upload.received", upload_id=upload.id, length=length, state=upload.state)
+        await self._publish(upload, "upload.received", state=str(state))
+        if processed is not None:
+            assert self.processor is not None
+            await self.processor.announce_processed(upload)
+        elif upload.state == UploadState.READY:
             await self._publish(upload, "upload.ready")
 
     async def _after_complete(self, upload: Upload) -> None:
         """Runs after the completing transaction committed."""
-        head = self._heads.pop(upload.id, None)
         if upload.concat_role == ConcatRole.PARTIAL:
             finals = await self.db.run(lambda s: repository.unfinished_finals(s, upload.owner))
             for final in finals:
@@ -458,7 +459,7 @@ class UploadService:
                     await self._try_finish_final(final)
             return
         if self.processor is not None and upload.state == UploadState.RECEIVED:
-            await self.processor.submit(upload, head)
+            await self.processor.submit(upload)
 
     async def reprocess(self, owner: str, upload_id: str) -> Upload:
         """Run the pipeline again on a ready or failed upload."""
@@ -521,10 +522,10 @@ class UploadService:
 
     # -- helpers ---------------------------------------------------------------
 
-    async def _publish(self, upload: Upload, event_type: str) -> None:
+    async def _publish(self, upload: Upload, event_type: str, **overrides: Any) -> None:
         if upload.concat_role == ConcatRole.PARTIAL:
             return  # parts are an implementation detail of their final upload
-        await self.events.publish(upload.owner, upload.id, event_type, event_data(upload))
+        await self.events.publish(upload.owner, upload.id, event_type, {**event_data(upload), **overrides})
 
     def _locked(self, upload_id: str) -> Any:
         return _translate_locked(self.locker.hold(upload_id))

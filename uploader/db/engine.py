@@ -9,6 +9,7 @@ anyway, and a per-statement round trip to a driver thread costs more than the wo
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -38,6 +39,8 @@ class Database:
         self.url = url
         self._sqlite: Engine | None = None
         self._async: AsyncEngine | None = None
+        self._sqlite_connection: Connection | None = None
+        self._sqlite_lock = threading.Lock()  # callers on other threads (tests, tools) wait
         if url.startswith("sqlite"):
             self._sqlite = create_engine(
                 sync_sqlite_url(url),
@@ -52,8 +55,14 @@ class Database:
 
     def _run_sqlite(self, work: Work[T]) -> T:
         assert self._sqlite is not None
-        with self._sqlite.begin() as connection:
-            return work(connection)
+        with self._sqlite_lock:
+            # One connection for the process, kept open: checking one out of the pool and
+            # wrapping it anew for every transaction cost more than most transactions.
+            connection = self._sqlite_connection
+            if connection is None or connection.closed or connection.invalidated:
+                connection = self._sqlite_connection = self._sqlite.connect()
+            with connection.begin():
+                return work(connection)
 
     async def run(self, work: Work[T]) -> T:
         """Run ``work(connection)`` as one transaction and return its result."""
@@ -65,6 +74,10 @@ class Database:
 
     async def dispose(self) -> None:
         if self._sqlite is not None:
+            with self._sqlite_lock:
+                if self._sqlite_connection is not None:
+                    self._sqlite_connection.close()
+                    self._sqlite_connection = None
             self._sqlite.dispose()
         if self._async is not None:
             await self._async.dispose()

@@ -18,6 +18,7 @@ from uploader.kit.logging import get_logger
 from uploader.kit.method_override import MethodOverrideMiddleware
 from uploader.protocols.form import router as forms_router
 from uploader.protocols.tus import build_tus_router
+from uploader.protocols.tus_fast_path import TusFastPath
 from uploader.runtime import Runtime
 from uploader.settings import Settings
 from uploader.uploads.router import router as uploads_router
@@ -122,7 +123,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.tus_path = settings.tus_path
     install_error_handlers(app)
-    app.include_router(build_tus_router(settings.tus_path))
+    tus_router = build_tus_router(settings.tus_path)
+    app.include_router(tus_router)
     app.include_router(uploads_router)
     app.include_router(forms_router)
     app.include_router(downloads_router)
@@ -130,6 +132,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(web_router)
     app.mount("/static", static_files(), name="static")
+    # Innermost: the tus requests it serves still pass CORS and the method override.
+    app.add_middleware(
+        TusFastPath,
+        router=tus_router,
+        tus_path=settings.tus_path,
+        exception_handlers=app.exception_handlers,
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

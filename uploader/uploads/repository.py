@@ -12,25 +12,28 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Row, Select, Update, bindparam, select, update
+from sqlalchemy import Connection, Row, Select, bindparam, select, update
 from sqlalchemy import insert as sql_insert
 
+from uploader.db.driver import DriverStatement
 from uploader.db.models import ConcatRole, Upload, UploadState, uploads, utcnow
 
 _uploads = uploads
 _c = _uploads.c
-_INSERT = sql_insert(_uploads)
 _GET = select(_uploads).where(_c.id == bindparam("key"))
 _COLUMNS = tuple(column.name for column in _uploads.columns if column.name != "seq")
+_INSERT = DriverStatement(sql_insert(_uploads), {name: _c[name] for name in _COLUMNS}, column_keys=_COLUMNS)
 
 
 @lru_cache(maxsize=128)
-def _update(names: tuple[str, ...], guarded: bool) -> Update:
+def _update(names: tuple[str, ...], guarded: bool) -> DriverStatement:
     """``UPDATE uploads SET <names> WHERE id = :key [AND state = :expected]``, built once."""
     statement = update(_uploads).where(_c.id == bindparam("key"))
+    columns = {"key": _c.id, **{f"new_{name}": _c[name] for name in names}}
     if guarded:
         statement = statement.where(_c.state == bindparam("expected"))
-    return statement.values({name: bindparam(f"new_{name}") for name in names})
+        columns["expected"] = _c.state
+    return DriverStatement(statement.values({name: bindparam(f"new_{name}") for name in names}), columns)
 
 
 def _execute_update(
@@ -41,8 +44,8 @@ def _execute_update(
     params["key"] = upload_id
     if expected_state is not None:
         params["expected"] = expected_state
-    result = connection.execute(_update(names, expected_state is not None), params)
-    return int(result.rowcount)
+    changed, _ = _update(names, expected_state is not None).execute(connection, params)
+    return changed
 
 
 def _upload_of(row: Row[Any]) -> Upload:
@@ -54,10 +57,9 @@ def _uploads_of(connection: Connection, query: Select[Any]) -> list[Upload]:
 
 
 def insert(connection: Connection, upload: Upload) -> Upload:
-    result = connection.execute(_INSERT, {name: getattr(upload, name) for name in _COLUMNS})
-    primary_key = result.inserted_primary_key
-    assert primary_key is not None
-    upload.seq = primary_key[0]
+    _, seq = _INSERT.execute(connection, {name: getattr(upload, name) for name in _COLUMNS})
+    assert seq is not None
+    upload.seq = seq
     return upload
 
 

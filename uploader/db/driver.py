@@ -1,0 +1,72 @@
+"""The hottest writes on SQLite, run straight on the driver's cursor.
+
+SQLAlchemy's work around one execution (an execution context, parameter and result
+bookkeeping, events) costs more CPU than SQLite's own work for a one-row insert or
+update: measured here, an upload's insert and update took 167 microseconds through
+``Connection.execute`` and 60 through the driver. ``DriverStatement`` compiles a Core
+statement once per dialect and, on SQLite, executes it on the DBAPI cursor of the same
+connection (so inside the same transaction), converting each value with its column
+type's own bind processor: the stored values are exactly those SQLAlchemy would store.
+Other dialects go through ``Connection.execute`` as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Column, Connection
+from sqlalchemy.sql.dml import UpdateBase
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    names: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+
+class DriverStatement:
+    def __init__(
+        self,
+        statement: UpdateBase,
+        columns: Mapping[str, Column[Any]],
+        column_keys: Sequence[str] | None = None,
+    ) -> None:
+        """``columns``: the column each bound parameter is stored in, by parameter name."""
+        self.statement = statement
+        self.columns = columns
+        self.column_keys = list(column_keys) if column_keys is not None else None
+        self._compiled: _Compiled | None = None
+
+    def execute(self, connection: Connection, params: dict[str, Any]) -> tuple[int, int | None]:
+        """Runs the statement; returns the rows it changed and the last inserted row id."""
+        if connection.dialect.name != "sqlite":
+            result = connection.execute(self.statement, params)
+            inserted = result.inserted_primary_key if getattr(result.context, "isinsert", False) else None
+            return int(result.rowcount), inserted[0] if inserted else None
+        compiled = self._compiled or self._compile(connection)
+        values = [
+            value if process is None else process(value)
+            for value, process in zip(
+                (params[name] for name in compiled.names), compiled.processors, strict=True
+            )
+        ]
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(compiled.sql, values)
+            return int(cursor.rowcount), cursor.lastrowid
+        finally:
+            cursor.close()
+
+    def _compile(self, connection: Connection) -> _Compiled:
+        dialect = connection.dialect
+        compiled = self.statement.compile(dialect=dialect, column_keys=self.column_keys)
+        names = tuple(compiled.positiontup or ())
+        # Each type as the dialect implements it, as SQLAlchemy's execution uses it (the
+        # generic DateTime and SQLite's DATETIME store different text).
+        types = [self.columns[name].type.dialect_impl(dialect) for name in names]
+        processors = tuple(type_.bind_processor(dialect) for type_ in types)
+        self._compiled = _Compiled(compiled.string, names, processors)
+        return self._compiled

@@ -30,6 +30,10 @@ _MAX_IOV = 512
 # Hashing runs beside writing; batches of one upload are awaited in order, so one
 # upload's digest is never fed out of order.
 _HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hash")
+# Small bodies (most uploads) are written and hashed by two threads of their own rather
+# than the loop's default pool of up to six: with many uploads at once, fewer threads
+# waking up means fewer hand-overs of the GIL away from the event loop.
+_SMALL_BODIES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="small-body")
 
 
 class LocalUpload:
@@ -37,6 +41,7 @@ class LocalUpload:
         self.key = key
         self.path = path
         self.checkpoint_bytes = checkpoint_bytes
+        self._size_written: int | None = None  # the file's size after this handle's write
 
     async def write_chunk(
         self,
@@ -62,7 +67,7 @@ class LocalUpload:
         def submit(buffers: list[bytes], size: int, last: bool) -> asyncio.Future[Any]:
             if digest is not None and last and size < WRITE_BATCH:
                 # A small last batch: one thread job writes and hashes it (one hop, not two).
-                return loop.run_in_executor(None, sink.write_and_hash, buffers, size, digest)
+                return loop.run_in_executor(_SMALL_BODIES, sink.write_and_hash, buffers, size, digest)
             # Writing and hashing both release the GIL: a big batch gets a thread for each.
             write = loop.run_in_executor(None, sink.write, buffers, size, last)
             if digest is None:
@@ -94,6 +99,8 @@ class LocalUpload:
             await settle()
             if recorder is not None:
                 await recorder.finish()
+            if progress.written:  # the first batch cut the file at the offset
+                self._size_written = offset + progress.written
         finally:
             if recorder is not None:  # no checkpoint may land after the caller's own record
                 with contextlib.suppress(BaseException):
@@ -137,6 +144,8 @@ class LocalUpload:
         if length == 0:
             os.close(self._open_for_write(0))  # an empty upload still has its (empty) file
             return
+        if self._size_written == length:
+            return  # written here up to its end: nothing past it to cut
         try:
             if os.stat(self.path).st_size != length:
                 os.truncate(self.path, length)

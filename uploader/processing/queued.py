@@ -22,12 +22,14 @@ log = get_logger(__name__)
 
 
 class QueuedProcessor:
+    head_bytes = 0  # the workers process every upload, from storage
+
     def __init__(self, app: Celery, settings: Settings) -> None:
         self.app = app
         self.settings = settings
 
     def processed_from_head(self, upload: Upload, head: bytes) -> dict[str, Any] | None:
-        return None  # the workers process every upload
+        return None
 
     async def announce_processed(self, upload: Upload) -> None:
         return None

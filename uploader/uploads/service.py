@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -37,7 +37,6 @@ from uploader.uploads import repository
 from uploader.uploads.body import BodyTooLong, RequestBody
 from uploader.uploads.locks import LocalLocker, UploadLocked, UploadLocker
 from uploader.uploads.metadata import declared_type_of, filename_of
-from workers.steps import SNIFF_BYTES
 
 log = get_logger(__name__)
 
@@ -110,7 +109,7 @@ class UploadService:
     def _digest_at(self, upload_id: str, offset: int) -> RunningDigest | None:
         digest = self._digests.pop(upload_id, None)
         if offset == 0:
-            return RunningDigest(head_bytes=SNIFF_BYTES if self.processor is not None else 0)
+            return RunningDigest(head_bytes=self.processor.head_bytes if self.processor is not None else 0)
         return digest if digest is not None and digest.covered == offset else None
 
     def _digest_inline(self, upload: Upload) -> bool:
@@ -439,7 +438,7 @@ class UploadService:
         processed = None
         if self.processor is not None and upload.concat_role != ConcatRole.PARTIAL and sha256 is not None:
             assert digest is not None
-            processed = self.processor.processed_from_head(replace(upload, sha256=sha256), digest.head)
+            processed = self.processor.processed_from_head(upload, digest.head)
             fields.update(processed or {})
         await self.db.run(lambda s: repository.set_fields(s, upload, **fields))
         log.info("upload.received", upload_id=upload.id, length=length, state=upload.state)

@@ -296,6 +296,9 @@ def test_bad_inputs_end_with_the_right_state_and_the_worker_keeps_serving(stack:
     assert archive_status["detected_type"] == "application/zip"
     assert archive_status["type_mismatch"] is True
     assert archive_status["variants"] == []
+    # In the full stack the workers process every upload, images or not.
+    worked = [line for line in stack.worker.log().splitlines() if '"processing.ready"' in line]
+    assert any(archive in line for line in worked)
     fine = stack.settled(stack.upload(whole, "fine.jpg", "image/jpeg"))
     assert fine["state"] == "ready"
     assert len(fine["variants"]) == 4

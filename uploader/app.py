@@ -74,8 +74,9 @@ async def _cleanup_loop(service: UploadService, interval: float) -> None:
         await asyncio.sleep(interval)
         try:
             removed = await service.expire_due()
-            if removed:
-                log.info("cleanup.expired", removed=removed)
+            pruned = await service.prune_tombstones()
+            if removed or pruned:
+                log.info("cleanup.done", expired=removed, pruned=pruned)
         except Exception:
             log.exception("cleanup.failed")
 

@@ -55,7 +55,12 @@ class Runtime:
             from uploader.uploads.redis_locks import RedisLocker
 
             events = RedisEventBus(settings.redis_url, prefix=f"{settings.redis_prefix}:events")
-            locker = RedisLocker(settings.redis_url, settings.redis_prefix, settings.lock_timeout_seconds)
+            locker = RedisLocker(
+                settings.redis_url,
+                settings.redis_prefix,
+                settings.lock_timeout_seconds,
+                settings.lock_lease_seconds,
+            )
         else:
             events, locker = LocalEventBus(), LocalLocker(settings.lock_timeout_seconds)
         if settings.webhook_url:

@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     )
     redis_prefix: str = Field(default="uploader", description="Prefix of every Redis key.")
     sse_keepalive_seconds: float = Field(default=15.0, gt=0, description="Comment lines on idle SSE streams.")
+    sse_max_streams_per_principal: int = Field(
+        default=32, gt=0, description="Event streams one principal may have open on one process (429)."
+    )
+    sse_replay_limit: int = Field(
+        default=1000,
+        gt=0,
+        description="Past events a stream of all of a principal's uploads replays: the latest this many.",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
@@ -94,6 +102,26 @@ class Settings(BaseSettings):
     )
     lock_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long a request waits for another to release an upload."
+    )
+    lock_lease_seconds: float = Field(
+        default=5.0,
+        ge=1,
+        description="With Redis: a writer's lease, renewed five times per lease; a crashed "
+        "process's uploads are free again after at most this long.",
+    )
+    body_idle_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="A request body that sends nothing this long is ended (408)."
+    )
+    header_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="A request whose headers have not all arrived after this is closed."
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="The request line and headers together, at most (431)."
+    )
+    tombstone_retention_seconds: int = Field(
+        default=7 * 24 * 3600,
+        gt=0,
+        description="Rows of terminated and expired uploads (and their events) are deleted after this.",
     )
     cors_origins: list[str] = Field(default=["*"], description="Origins allowed to call the API.")
     api_keys: dict[str, str] = Field(

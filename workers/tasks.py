@@ -104,6 +104,7 @@ async def _sweep(app: Celery, runtime: Runtime) -> dict[str, int]:
     """Expire what is due, and send again work that was never picked up or was lost."""
     settings = runtime.settings
     expired = await runtime.service.expire_due()
+    pruned = await runtime.service.prune_tombstones()
     now = utcnow()
     lost_after = now - timedelta(seconds=settings.task_time_limit_seconds * 2)
     received = await runtime.db.run(
@@ -115,6 +116,6 @@ async def _sweep(app: Celery, runtime: Runtime) -> dict[str, int]:
     for upload in [*received, *processing]:
         await asyncio.to_thread(app.send_task, PROCESS_TASK, args=[upload.id], queue=settings.task_queue)
     resent = len(received) + len(processing)
-    if expired or resent:
-        log.info("sweep.done", expired=expired, resent=resent)
-    return {"expired": expired, "resent": resent}
+    if expired or resent or pruned:
+        log.info("sweep.done", expired=expired, resent=resent, pruned=pruned)
+    return {"expired": expired, "resent": resent, "pruned": pruned}

@@ -10,12 +10,18 @@ the work (the wake-ups, and the GIL passing to and fro).
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import sqlalchemy.exc
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from uploader.kit.errors import DependencyUnavailable
+from uploader.storage.base import StorageFull
 
 T = TypeVar("T")
 Work = Callable[[Connection], T]
@@ -35,6 +41,40 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# SQLSTATE classes that say the server, not the statement, is the trouble: connection
+# exceptions, insufficient resources, operator intervention (terminated backends), and
+# "object not in prerequisite state" (a database not accepting connections).
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57", "55000")
+
+
+def _sqlstate(exc: BaseException) -> str:
+    for candidate in (getattr(exc, "orig", None), getattr(getattr(exc, "orig", None), "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(state, str):
+            return state
+    return ""
+
+
+def translate_error(exc: Exception) -> Exception | None:
+    """What a failed unit of work means to a caller: the disk is full, the database is
+    away (worth a retry later), or None for an error of the work itself."""
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_FULL:
+            return StorageFull(f"database: {orig}")
+        if isinstance(orig, sqlite3.OperationalError):
+            return DependencyUnavailable("database", str(orig))
+        return None
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and (
+        exc.connection_invalidated or _sqlstate(exc).startswith(_UNAVAILABLE_SQLSTATES)
+    ):
+        return DependencyUnavailable("database", str(orig or exc).splitlines()[0])
+    if isinstance(exc, sqlalchemy.exc.InterfaceError | sqlalchemy.exc.TimeoutError | OSError | TimeoutError):
+        return DependencyUnavailable("database", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return None
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -52,7 +92,16 @@ class Database:
             )
             event.listen(self._sqlite, "connect", _sqlite_pragmas)
         else:
-            self._async = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+            # Pre-ping: a connection that died with its server (a restart, terminated
+            # backends) is replaced at checkout instead of failing the next request.
+            self._async = create_async_engine(
+                url,
+                pool_size=10,
+                max_overflow=20,
+                pool_pre_ping=True,
+                pool_timeout=10,
+                connect_args={"timeout": 5, "command_timeout": 30},
+            )
 
     def _run_sqlite(self, work: Work[T]) -> T:
         assert self._sqlite is not None
@@ -66,7 +115,30 @@ class Database:
                 return work(connection)
 
     async def run(self, work: Work[T]) -> T:
-        """Run ``work(connection)`` as one transaction and return its result."""
+        """Run ``work(connection)`` as one transaction and return its result.
+
+        A database that is away is a ``DependencyUnavailable`` (after one more try on a
+        fresh connection, when the connection died under the work: its transaction was
+        rolled back, and units of work set values rather than add to them); a full disk
+        is ``StorageFull``."""
+        try:
+            return await self._run_once(work)
+        except Exception as exc:
+            translated = translate_error(exc)
+            if translated is None:
+                raise
+            if not (isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated):
+                raise translated from exc
+        await asyncio.sleep(0.05)
+        try:
+            return await self._run_once(work)
+        except Exception as exc:
+            translated = translate_error(exc)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    async def _run_once(self, work: Work[T]) -> T:
         if self._sqlite is not None:
             return self._run_sqlite(work)
         assert self._async is not None

@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Index,
     Integer,
     MetaData,
     String,
@@ -102,6 +103,11 @@ uploads = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=True, index=True),
     Column("completed_at", UTCDateTime(), nullable=True),
+    # The lock generation of the last writer that recorded an offset: a writer holding an
+    # older one has lost its lock, and its records are refused (fencing).
+    Column("writer_generation", BigInteger, nullable=False, server_default="0"),
+    # Pruning tombstones: terminated and expired rows by age.
+    Index("ix_uploads_state_updated_at", "state", "updated_at"),
 )
 
 
@@ -131,6 +137,7 @@ class Upload:
     updated_at: datetime = field(default_factory=utcnow)
     expires_at: datetime | None = None
     completed_at: datetime | None = None
+    writer_generation: int = 0
     seq: int | None = None
 
     @property

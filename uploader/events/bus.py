@@ -13,11 +13,16 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from uploader.kit.errors import DependencyUnavailable
+
 TERMINAL_TYPES = frozenset({"upload.ready", "upload.failed", "upload.expired", "upload.terminated"})
 
 
-class EventsUnavailable(ConnectionError):
+class EventsUnavailable(DependencyUnavailable):
     """The event broker cannot be reached or did not answer in time: worth a later retry."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("redis", detail)
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,15 @@ class Event:
 class EventBus(Protocol):
     async def publish(self, owner: str, upload_id: str, type: str, data: dict[str, Any]) -> Event: ...
 
-    async def history(self, owner: str, upload_id: str | None, after: int | None) -> list[Event]:
-        """Past events of one upload (or all of the owner's), oldest first, after an id."""
+    async def history(
+        self, owner: str, upload_id: str | None, after: int | None, limit: int | None = None
+    ) -> list[Event]:
+        """Past events of one upload (or all of the owner's), oldest first, after an id;
+        with ``limit``, only the latest that many of them."""
+        ...
+
+    async def forget(self, owner: str, upload_id: str) -> None:
+        """Drop the history of an upload that is gone for good."""
         ...
 
     async def subscribe(self, owner: str, upload_id: str | None) -> Subscription:
@@ -86,9 +98,18 @@ class LocalEventBus:
             subscriber.offer(event)
         return event
 
-    async def history(self, owner: str, upload_id: str | None, after: int | None) -> list[Event]:
+    async def history(
+        self, owner: str, upload_id: str | None, after: int | None, limit: int | None = None
+    ) -> list[Event]:
         source = self._by_upload.get(upload_id, ()) if upload_id else self._by_owner.get(owner, ())
-        return [e for e in source if e.owner == owner and (after is None or e.id > after)]
+        events = [e for e in source if e.owner == owner and (after is None or e.id > after)]
+        return events[-limit:] if limit is not None else events
+
+    async def forget(self, owner: str, upload_id: str) -> None:
+        self._by_upload.pop(upload_id, None)
+        owned = self._by_owner.get(owner)
+        if owned is not None:
+            self._by_owner[owner] = deque((e for e in owned if e.upload_id != upload_id), maxlen=owned.maxlen)
 
     async def subscribe(self, owner: str, upload_id: str | None) -> LocalSubscription:
         subscription = LocalSubscription(self._subscribers, owner, upload_id)

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from uploader.events.bus import Event, EventsUnavailable, QueueSubscription
+from uploader.kit.redis import redis_client
 
 _PUBLISH = """
 local id = redis.call('INCR', KEYS[1])
@@ -55,7 +56,7 @@ class RedisEventBus:
         self.per_upload = per_upload
         self.per_owner = per_owner
         self.upload_ttl_seconds = upload_ttl_seconds
-        self.redis: Redis = Redis.from_url(url)
+        self.redis: Redis = redis_client(url)
         self._publish = self.redis.register_script(_PUBLISH)
         # One reader per stream for all of this process's subscribers to it: with many
         # clients following the same events, each event is read and decoded once.
@@ -75,10 +76,26 @@ class RedisEventBus:
             raise EventsUnavailable(f"Redis: {exc}") from exc
         return Event(id=int(event_id), type=type, upload_id=upload_id, owner=owner, data=data, at=at)
 
-    async def history(self, owner: str, upload_id: str | None, after: int | None) -> list[Event]:
-        entries: Any = await self.redis.xrange(self._stream(owner, upload_id))
+    async def history(
+        self, owner: str, upload_id: str | None, after: int | None, limit: int | None = None
+    ) -> list[Event]:
+        stream = self._stream(owner, upload_id)
+        try:
+            if limit is not None:  # the newest ``limit`` entries, read newest first
+                newest: Any = await self.redis.xrevrange(stream, count=limit)
+                entries: Any = list(reversed(newest))
+            else:
+                entries = await self.redis.xrange(stream)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise EventsUnavailable(f"Redis: {exc}") from exc
         events = (_decode(fields) for _, fields in entries)
         return [e for e in events if e.owner == owner and (after is None or e.id > after)]
+
+    async def forget(self, owner: str, upload_id: str) -> None:
+        try:
+            await self.redis.delete(self._stream(owner, upload_id))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise EventsUnavailable(f"Redis: {exc}") from exc
 
     async def subscribe(self, owner: str, upload_id: str | None) -> RedisSubscription:
         stream = self._stream(owner, upload_id)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from uploader.auth.dependencies import Principal, current_principal
 from uploader.db.models import UploadState
@@ -20,6 +22,8 @@ router = APIRouter(prefix="/api/v1", tags=["events"])
 _SSE_CACHE: OrderedDict[tuple[int, str], str] = OrderedDict()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 FINISHED = {UploadState.READY, UploadState.FAILED, UploadState.EXPIRED}
+REPLAY_CHUNK = 100  # events written at once while replaying, then the loop serves others
+_open_streams: Counter[str] = Counter()  # per principal, on this process
 
 
 def sse(event: Event) -> str:
@@ -52,16 +56,20 @@ async def stream(
     after: int | None,
     keepalive: float,
     finished_state: str | None = None,
+    replay_limit: int | None = None,
 ) -> AsyncIterator[str]:
-    """History after ``after``, then live events; a per-upload stream ends at a terminal event."""
+    """History after ``after`` (the latest ``replay_limit`` events of it), then live
+    events; a per-upload stream ends at a terminal event."""
     subscription = await bus.subscribe(owner, upload_id)  # before reading history: no gap
     try:
         yield "retry: 2000\n\n"
         last = after or 0
-        history = await bus.history(owner, upload_id, after)
-        for event in history:
-            yield sse(event)
-            last = event.id
+        history = await bus.history(owner, upload_id, after, replay_limit)
+        for start in range(0, len(history), REPLAY_CHUNK):
+            replayed = history[start : start + REPLAY_CHUNK]
+            yield "".join(sse(event) for event in replayed)
+            last = replayed[-1].id
+            await asyncio.sleep(0)  # a long replay never holds the loop
         # A reprocessed upload has an earlier end in its history: only the latest event counts.
         if upload_id and history and history[-1].is_terminal:
             return
@@ -91,16 +99,38 @@ async def stream(
         await subscription.close()
 
 
+class _CountedStream(StreamingResponse):
+    """An event stream that counts towards its principal's open streams while it runs."""
+
+    def __init__(self, owner: str, events: AsyncIterator[str]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        self.owner = owner
+        _open_streams[owner] += 1
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            _open_streams[self.owner] -= 1
+            if _open_streams[self.owner] <= 0:
+                del _open_streams[self.owner]
+
+
 def _response(
     request: Request, owner: str, upload_id: str | None, after: int | None, finished: str | None = None
 ) -> StreamingResponse:
     service = service_of(request)
-    keepalive = request.app.state.settings.sse_keepalive_seconds
-    return StreamingResponse(
-        stream(service.events, owner, upload_id, after, keepalive, finished),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
-    )
+    settings = request.app.state.settings
+    if _open_streams[owner] >= settings.sse_max_streams_per_principal:
+        raise ProblemError(
+            "events.too_many_streams",
+            f"at most {settings.sse_max_streams_per_principal} event streams at once",
+            headers={"Retry-After": "5"},
+        )
+    # Following every upload of a principal replays a window of its history, not all of it.
+    limit = settings.sse_replay_limit if upload_id is None else None
+    events = stream(service.events, owner, upload_id, after, settings.sse_keepalive_seconds, finished, limit)
+    return _CountedStream(owner, events)
 
 
 @router.get("/uploads/{upload_id}/events")

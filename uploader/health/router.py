@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -19,7 +20,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """The database and the storage answer."""
+    """The database, the storage and (when configured) Redis answer."""
     checks: dict[str, Any] = {}
     state = request.app.state
     try:
@@ -32,6 +33,13 @@ async def readyz(request: Request) -> JSONResponse:
         checks["storage"] = "ok"
     except Exception as exc:
         checks["storage"] = f"error: {exc}"[:300]
+    redis = getattr(state.runtime.locker, "redis", None)
+    if redis is not None:
+        try:
+            await asyncio.wait_for(redis.ping(), 3)
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"error: {type(exc).__name__}"
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(
         {"status": "ok" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503

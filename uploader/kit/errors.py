@@ -30,6 +30,9 @@ ERRORS: dict[str, ErrorKind] = {
     "request.invalid": ErrorKind(400, "The request is malformed"),
     "request.not_found": ErrorKind(404, "No such resource"),
     "request.method_not_allowed": ErrorKind(405, "Method not allowed"),
+    "request.body_timeout": ErrorKind(408, "The request body stopped arriving"),
+    "request.header_too_large": ErrorKind(431, "The request's headers are too large"),
+    "events.too_many_streams": ErrorKind(429, "Too many event streams open"),
     "auth.unauthorized": ErrorKind(401, "A valid API key is required"),
     "tus.version_unsupported": ErrorKind(412, "Unsupported tus version"),
     "tus.content_type": ErrorKind(415, "PATCH bodies must be application/offset+octet-stream"),
@@ -76,8 +79,22 @@ ERRORS: dict[str, ErrorKind] = {
     "storage.full": ErrorKind(507, "Storage is full"),
     "storage.unavailable": ErrorKind(503, "Storage is unavailable"),
     "service.shutting_down": ErrorKind(503, "The server is shutting down"),
+    "service.unavailable": ErrorKind(503, "A service this request needs is unavailable"),
     "internal": ErrorKind(500, "Internal error"),
 }
+
+
+RETRY_AFTER_SECONDS = "5"
+
+
+class DependencyUnavailable(ConnectionError):
+    """A dependency (the database, Redis) cannot be reached: ``503 service.unavailable``,
+    and worth a later retry wherever work is retried."""
+
+    def __init__(self, dependency: str, detail: str) -> None:
+        super().__init__(f"{dependency} is unavailable: {detail}")
+        self.dependency = dependency
+        self.detail = detail[:300]
 
 
 class ProblemError(Exception):
@@ -158,7 +175,21 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_storage(request: Request, exc: Exception) -> Response:
         code = "storage.full" if isinstance(exc, StorageFull) else "storage.unavailable"
         log.warning("storage.failed", path=request.url.path, error=str(exc)[:500])
-        return problem_response(request, code, str(exc)[:500], {"Retry-After": "5"})
+        return problem_response(request, code, str(exc)[:500], {"Retry-After": RETRY_AFTER_SECONDS})
+
+    async def on_dependency(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, DependencyUnavailable)
+        log.warning(
+            "dependency.unavailable", dependency=exc.dependency, path=request.url.path, error=exc.detail
+        )
+        detail = f"{exc.dependency} is unavailable: {exc.detail}"
+        return problem_response(
+            request,
+            "service.unavailable",
+            detail,
+            {"Retry-After": RETRY_AFTER_SECONDS},
+            {"dependency": exc.dependency},
+        )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("request.failed", path=request.url.path, method=request.method)
@@ -169,4 +200,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(StorageUnavailable, on_storage)
     app.add_exception_handler(StorageFull, on_storage)
+    app.add_exception_handler(DependencyUnavailable, on_dependency)
     app.add_exception_handler(Exception, on_unexpected)

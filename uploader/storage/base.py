@@ -82,6 +82,18 @@ class RunningDigest:
         return self._hash.hexdigest()
 
 
+class Fence(Protocol):
+    def check(self) -> None:
+        """Raise unless the writer may still write (its lock is still its own). Called
+        before every batch or part goes to storage, so it does no I/O."""
+        ...
+
+
+class AlreadyFinished(Exception):
+    """The upload's object is complete in storage already (finished by a request that
+    could not record it): there is nothing left to write."""
+
+
 class StorageFull(Exception):
     """The backend has no room for more bytes."""
 
@@ -101,10 +113,12 @@ class StoredUpload(Protocol):
         progress: WriteProgress,
         checkpoint: Checkpoint | None = None,
         digest: RunningDigest | None = None,
+        fence: Fence | None = None,
     ) -> int:
         """Write ``body`` from ``offset``, dropping anything stored beyond it; return bytes written.
 
-        ``digest``, when given, is fed every byte written, in order.
+        ``digest``, when given, is fed every byte written, in order. ``fence`` is checked
+        before each write reaches storage; what it raises ends the write.
         """
         ...
 

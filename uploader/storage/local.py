@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 from uploader.storage.base import (
     Checkpoint,
     CheckpointRecorder,
+    Fence,
     RunningDigest,
     StorageFull,
     StorageUnavailable,
@@ -27,6 +30,8 @@ _KEY = re.compile(r"^[0-9a-f]{32}$")
 WRITE_BATCH = 2 * 1024 * 1024
 READ_BLOCK = 1024 * 1024
 _MAX_IOV = 512
+# How long a write waits for another writer's descriptor on the same file to close.
+WRITER_WAIT_SECONDS = 10.0
 # Hashing runs beside writing; batches of one upload are awaited in order, so one
 # upload's digest is never fed out of order.
 _HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hash")
@@ -50,6 +55,7 @@ class LocalUpload:
         progress: WriteProgress,
         checkpoint: Checkpoint | None = None,
         digest: RunningDigest | None = None,
+        fence: Fence | None = None,
     ) -> int:
         loop = asyncio.get_running_loop()
         sink = _FileSink(self, offset)
@@ -65,6 +71,8 @@ class LocalUpload:
                 progress.written += in_flight_size
 
         def submit(buffers: list[bytes], size: int, last: bool) -> asyncio.Future[Any]:
+            if fence is not None:
+                fence.check()  # a writer that lost its lock stops before this batch lands
             if digest is not None and last and size < WRITE_BATCH:
                 # A small last batch: one thread job writes and hashes it (one hop, not two).
                 return loop.run_in_executor(_SMALL_BODIES, sink.write_and_hash, buffers, size, digest)
@@ -109,14 +117,18 @@ class LocalUpload:
                 # Cancelled while a thread still writes: close the file after it.
                 in_flight.add_done_callback(lambda _: sink.close())
             else:
-                with contextlib.suppress(BaseException):
-                    await settle()
-                if pending:  # what arrived before a failure still counts
-                    sink.write(pending, pending_size, last=False)
-                    if digest is not None:
-                        digest.update(pending)
-                    progress.written += pending_size
-                sink.close()
+                try:
+                    with contextlib.suppress(BaseException):
+                        await settle()
+                    # What arrived before the body failed still counts; not after a failure of
+                    # storage itself, nor for a writer that lost its lock.
+                    if pending and sink.healthy and _allows(fence):
+                        sink.write(pending, pending_size, last=False)
+                        if digest is not None:
+                            digest.update(pending)
+                        progress.written += pending_size
+                finally:
+                    sink.close()  # always: a descriptor left open keeps a deleted file's space
         return progress.written
 
     def _open_for_write(self, offset: int) -> int:
@@ -167,7 +179,11 @@ class LocalUpload:
         with open(self.path, "wb") as target:
             for part, length in zip(parts, lengths, strict=True):
                 assert isinstance(part, LocalUpload)
-                with open(part.path, "rb") as source:
+                try:
+                    source = open(part.path, "rb")  # noqa: SIM115 - closed right below
+                except FileNotFoundError:
+                    raise StorageUnavailable(f"part {part.key} has no stored file") from None
+                with source:
                     copied = _copy_range(source.fileno(), target.fileno(), length)
                 if copied != length:
                     raise StorageUnavailable(f"part {part.key} holds {copied} of {length} bytes")
@@ -187,14 +203,21 @@ class _FileSink:
         self.upload = upload
         self.offset = offset
         self.fd: int | None = None
+        self.healthy = True  # no write of this sink failed
 
     def write(self, buffers: list[bytes], size: int, last: bool) -> None:
-        if self.fd is None:
-            self.fd = self.upload._open_for_write(self.offset)
-            # Bytes past the recorded offset were never acknowledged (a crash mid-write).
-            os.ftruncate(self.fd, self.offset)
-            os.lseek(self.fd, self.offset, os.SEEK_SET)
-        _write_all(self.fd, buffers, size)
+        try:
+            if self.fd is None:
+                self.fd = self.upload._open_for_write(self.offset)
+                _exclusive(self.fd, self.upload.key)
+                # Bytes past the recorded offset were never acknowledged (a crash mid-write).
+                os.ftruncate(self.fd, self.offset)
+                os.lseek(self.fd, self.offset, os.SEEK_SET)
+            _write_all(self.fd, buffers, size)
+        except BaseException:
+            self.healthy = False
+            self.close()
+            raise
         if last:
             self.close()
 
@@ -206,6 +229,32 @@ class _FileSink:
         if self.fd is not None:
             fd, self.fd = self.fd, None
             os.close(fd)
+
+
+def _allows(fence: Fence | None) -> bool:
+    if fence is None:
+        return True
+    try:
+        fence.check()
+    except Exception:
+        return False
+    return True
+
+
+def _exclusive(fd: int, key: str) -> None:
+    """Hold the file against every other writer's descriptor, in this process or another:
+    a writer that lost its lock but still has a write in flight finishes it (and closes)
+    before a newer writer cuts the file at its offset and writes. Released by closing,
+    and by the kernel when a process dies."""
+    deadline = time.monotonic() + WRITER_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise StorageUnavailable(f"another writer still has the file of {key} open") from None
+            time.sleep(0.01)
 
 
 def _write_all(fd: int, buffers: list[bytes], total: int) -> None:

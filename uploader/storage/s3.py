@@ -33,8 +33,10 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from uploader.storage.base import (
+    AlreadyFinished,
     Checkpoint,
     CheckpointRecorder,
+    Fence,
     RunningDigest,
     StorageUnavailable,
     StoredUpload,
@@ -145,8 +147,16 @@ class S3Upload:
         progress: WriteProgress,
         checkpoint: Checkpoint | None = None,
         digest: RunningDigest | None = None,
+        fence: Fence | None = None,
     ) -> int:
-        info = await self.info()
+        try:
+            info = await self.info()
+        except StorageUnavailable as exc:
+            # No multipart upload, but the object: completed by a request that died (or
+            # lost its database) before recording it.
+            if _is_missing(exc) and await self._final_size() is not None:
+                raise AlreadyFinished(self.key) from exc
+            raise
         size = info.part_size
         # Tails of other offsets are leftovers of crashed or rejected writes. Clearing them
         # runs beside the parts; it ends before this write stores a tail of its own, so it
@@ -170,6 +180,8 @@ class S3Upload:
                     if digest is not None:
                         await asyncio.to_thread(digest.update, _skip(part, fresh))
                     fresh = 0
+                    if fence is not None:
+                        fence.check()  # a writer that lost its lock sends no more parts
                     await writer.submit(part_start // size + 1, part, part_start + size)
                     part_start += size
             await writer.drain()
@@ -179,6 +191,8 @@ class S3Upload:
                 rest = pending.take(pending.size)
                 if digest is not None:
                     await asyncio.to_thread(digest.update, _skip(rest, fresh))
+                if fence is not None:
+                    fence.check()
                 await self.store.put_buffers(self._tail_key(end), rest)
                 progress.written = end - offset
         finally:

@@ -1,7 +1,8 @@
 """The request body as the storage layer sees it: an async iterator that can be ended early.
 
 A PATCH ends early when another request for the same upload asks for the lock (as tusd
-does), when the server shuts down, or when the client goes away. The backend simply
+does), when the server shuts down, when the client goes away, or when it sends nothing
+for the idle timeout. The backend simply
 sees a shorter stream and the service records what arrived.
 """
 
@@ -32,6 +33,8 @@ class RequestBody:
         self.disconnected = False
         self._reader: asyncio.Task[Any] | None = None
         self._waiting = False
+        self.idle = False  # ended because no byte arrived for the idle timeout
+        self._watch: asyncio.TimerHandle | None = None
 
     def __aiter__(self) -> RequestBody:
         return self
@@ -62,6 +65,29 @@ class RequestBody:
             if self.hasher is not None:
                 self.hasher.update(chunk)
             return chunk
+
+    def watch_idle(self, seconds: float) -> None:
+        """End the body when no byte arrives for ``seconds``. One timer looks every
+        quarter of that (not a timeout per chunk, which would cost the hot path)."""
+        loop = asyncio.get_running_loop()
+        interval = seconds / 4
+
+        def look(seen: int, quiet_since: float) -> None:
+            now = loop.time()
+            if self.received != seen:
+                seen, quiet_since = self.received, now
+            elif now - quiet_since >= seconds and self._waiting:
+                self.idle = True
+                self.interrupt()
+                return
+            self._watch = loop.call_later(interval, look, seen, quiet_since)
+
+        self._watch = loop.call_later(interval, look, self.received, loop.time())
+
+    def stop_watching(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
 
     def interrupt(self) -> None:
         """Stop reading: the stream ends at the next chunk boundary, or now if waiting."""

@@ -12,7 +12,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Row, Select, bindparam, select, update
+from sqlalchemy import Connection, Row, Select, bindparam, delete, select, update
 from sqlalchemy import insert as sql_insert
 
 from uploader.db.driver import DriverStatement
@@ -21,30 +21,60 @@ from uploader.db.models import ConcatRole, Upload, UploadState, uploads, utcnow
 _uploads = uploads
 _c = _uploads.c
 _GET = select(_uploads).where(_c.id == bindparam("key"))
-_COLUMNS = tuple(column.name for column in _uploads.columns if column.name != "seq")
+_COLUMNS = tuple(
+    column.name for column in _uploads.columns if column.name not in ("seq", "writer_generation")
+)
+_WRITABLE = (UploadState.CREATED, UploadState.RECEIVING)
 _INSERT = DriverStatement(sql_insert(_uploads), {name: _c[name] for name in _COLUMNS})
 
 
 @lru_cache(maxsize=128)
-def _update(names: tuple[str, ...], guarded: bool) -> DriverStatement:
-    """``UPDATE uploads SET <names> WHERE id = :key [AND state = :expected]``, built once."""
+def _update(names: tuple[str, ...], guard: str | None) -> DriverStatement:
+    """``UPDATE uploads SET <names> WHERE id = :key [AND <guard>]``, built once.
+
+    Guards: ``state``, the row is still in ``:expected``; ``fenced``, the row takes
+    writes (created or receiving) and no writer of a newer generation than
+    ``:generation`` recorded to it, which then becomes the row's."""
     statement = update(_uploads).where(_c.id == bindparam("key"))
     columns = {"key": _c.id, **{f"new_{name}": _c[name] for name in names}}
-    if guarded:
+    values: dict[str, Any] = {name: bindparam(f"new_{name}") for name in names}
+    if guard == "state":
         statement = statement.where(_c.state == bindparam("expected"))
         columns["expected"] = _c.state
-    return DriverStatement(statement.values({name: bindparam(f"new_{name}") for name in names}), columns)
+    elif guard == "fenced":
+        statement = statement.where(
+            _c.writer_generation <= bindparam("generation"),
+            (_c.state == bindparam("writable_a")) | (_c.state == bindparam("writable_b")),
+        )
+        values["writer_generation"] = bindparam("new_generation")
+        columns.update(
+            generation=_c.writer_generation,
+            new_generation=_c.writer_generation,
+            writable_a=_c.state,
+            writable_b=_c.state,
+        )
+    return DriverStatement(statement.values(values), columns)
 
 
 def _execute_update(
-    connection: Connection, upload_id: str, fields: dict[str, Any], expected_state: str | None = None
+    connection: Connection,
+    upload_id: str,
+    fields: dict[str, Any],
+    expected_state: str | None = None,
+    generation: int | None = None,
 ) -> int:
     names = tuple(sorted(fields))
     params = {f"new_{name}": fields[name] for name in names}
     params["key"] = upload_id
+    guard = None
     if expected_state is not None:
         params["expected"] = expected_state
-    changed, _ = _update(names, expected_state is not None).execute(connection, params)
+        guard = "state"
+    elif generation is not None:
+        params.update(generation=generation, new_generation=generation)
+        params["writable_a"], params["writable_b"] = _WRITABLE
+        guard = "fenced"
+    changed, _ = _update(names, guard).execute(connection, params)
     return changed
 
 
@@ -88,6 +118,43 @@ def set_fields_if_state(connection: Connection, upload: Upload, expected_state: 
     for name, value in fields.items():
         setattr(upload, name, value)
     return True
+
+
+def record_write(connection: Connection, upload: Upload, generation: int, **fields: Any) -> bool:
+    """What a writer holding lock ``generation`` stored: recorded (and mirrored on the
+    object) only while the upload takes writes and no newer writer has recorded to it."""
+    fields.setdefault("updated_at", utcnow())
+    if not _execute_update(connection, upload.id, fields, generation=generation):
+        return False
+    for name, value in fields.items():
+        setattr(upload, name, value)
+    upload.writer_generation = generation
+    return True
+
+
+_CLAIM = update(_uploads).where(_c.id == bindparam("key"), _c.writer_generation < bindparam("generation"))
+
+
+def claim_for_writing(connection: Connection, upload_id: str, generation: int) -> Upload | None:
+    """The upload, now fenced against every writer older than ``generation`` (whose
+    records are refused from here on), or None when there is no such upload."""
+    connection.execute(
+        _CLAIM.values(writer_generation=bindparam("generation")), {"key": upload_id, "generation": generation}
+    )
+    return get(connection, upload_id)
+
+
+def prune_tombstones(connection: Connection, before: datetime, limit: int) -> list[tuple[str, str]]:
+    """Delete rows of uploads terminated or expired before ``before``; their (id, owner)."""
+    rows = connection.execute(
+        select(_c.id, _c.owner)
+        .where(_c.state.in_([UploadState.TERMINATED, UploadState.EXPIRED]), _c.updated_at < before)
+        .limit(limit)
+    ).all()
+    ids = [row.id for row in rows]
+    if ids:
+        connection.execute(delete(_uploads).where(_c.id.in_(ids)))
+    return [(row.id, row.owner) for row in rows]
 
 
 def page_for_owner(connection: Connection, owner: str, before_seq: int | None, limit: int) -> list[Upload]:

@@ -7,22 +7,25 @@ in storage, and advances during a long write too (checkpoints).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from uploader.db.engine import Database
 from uploader.db.models import ConcatRole, Upload, UploadState, utcnow
 from uploader.events.bus import EventBus, LocalEventBus
-from uploader.kit.errors import ProblemError
+from uploader.kit.errors import DependencyUnavailable, ProblemError
 from uploader.kit.logging import get_logger
 from uploader.processing.base import Processor
 from uploader.settings import Settings
 from uploader.storage.base import (
+    AlreadyFinished,
     ConcatenatableUpload,
     LengthDeclarableUpload,
     RunningDigest,
@@ -35,12 +38,18 @@ from uploader.storage.base import (
 )
 from uploader.uploads import repository
 from uploader.uploads.body import BodyTooLong, RequestBody
-from uploader.uploads.locks import LocalLocker, UploadLocked, UploadLocker
+from uploader.uploads.locks import LeaseLost, LocalLocker, LockHolder, UploadLocked, UploadLocker
 from uploader.uploads.metadata import declared_type_of, filename_of
 
 log = get_logger(__name__)
 
 MAX_RUNNING_DIGESTS = 10_000
+# How long a request retries the record that ends its write while the database is away
+# (a failover, a restart) before it answers 503: the bytes are stored meanwhile.
+RECORD_RETRY_SECONDS = 15.0
+# How long HEAD waits for a writer it asked to stop to record what it received.
+HEAD_SETTLE_SECONDS = 2.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -133,8 +142,19 @@ class UploadService:
             self._ensure_live(upload)
         return upload
 
-    async def _for_writing(self, owner: str, upload_id: str) -> Upload:
-        """The upload for a request holding its lock (just created here: no SELECT)."""
+    async def _for_writing(self, owner: str, upload_id: str, holder: LockHolder) -> Upload:
+        """The upload for a request holding its lock (just created here: no SELECT). Where
+        other processes may write too, the row is claimed for this holder's generation
+        first, so that an older writer still running can record nothing more."""
+        if self.locker.distributed:
+            generation = holder.generation
+            upload = await self.db.run(lambda s: repository.claim_for_writing(s, upload_id, generation))
+            if upload is None or upload.owner != owner:
+                raise ProblemError("upload.not_found")
+            self._ensure_live(upload)
+            if upload.writer_generation > generation:
+                raise _superseded()
+            return upload
         fresh = self._unwritten.pop(upload_id, None) if self._unwritten is not None else None
         if fresh is None or fresh.owner != owner:
             return await self.get(owner, upload_id)
@@ -142,9 +162,14 @@ class UploadService:
         return fresh
 
     async def get_settled(self, owner: str, upload_id: str) -> Upload:
-        """The upload once no request is writing to it (a hanging PATCH is asked to stop)."""
-        async with self._locked(upload_id):
-            return await self.get(owner, upload_id)
+        """The recorded upload, once a request writing to it was asked to stop and had a
+        moment to record what it received (a client resuming after a lost connection).
+        Takes no lock: a writer that does not let go (or died) delays this by seconds at
+        most, and the recorded offset is the answer."""
+        await self.locker.request_release(
+            upload_id, min(HEAD_SETTLE_SECONDS, self.settings.lock_timeout_seconds)
+        )
+        return await self.get(owner, upload_id)
 
     def _ensure_live(self, upload: Upload) -> None:
         if upload.state == UploadState.TERMINATED:
@@ -204,7 +229,7 @@ class UploadService:
         log.debug("upload.created", upload_id=upload_id, length=length, concat=concat_role)
         await self._publish(upload, "upload.created")
         if length == 0:
-            await self._complete(upload, await self.store.find(upload.storage_key))
+            await self._complete(upload, await self.store.find(upload.storage_key), upload.writer_generation)
             await self._after_complete(upload)
         return upload
 
@@ -253,42 +278,77 @@ class UploadService:
                 raise ProblemError("tus.concat_invalid", f"upload {part_id} is not a partial upload")
             parts.append(part)
         lengths = [p.length for p in parts]
-        total = None if None in lengths else sum(n for n in lengths if n is not None)
+        known = sum(n for n in lengths if n is not None)
+        # The parts whose length is known already may add up to too much (the same part
+        # named many times, say): refused before anything is created or copied.
+        if known > self.settings.max_upload_size:
+            raise ProblemError(
+                "upload.too_large", f"the parts add up to more than {self.settings.max_upload_size}"
+            )
+        total = None if None in lengths else known
         upload = await self.create(owner, total, meta, ConcatRole.FINAL, concat_parts=part_ids)
         if upload.state == UploadState.CREATED:
             await self._try_finish_final(upload)
         return await self.get(owner, upload.id, allow_gone=True)
 
     async def _try_finish_final(self, final: Upload) -> None:
-        """Concatenate once every part is complete (concatenation-unfinished waits)."""
-        async with self._locked(final.id):
+        """Concatenate once every part is complete (concatenation-unfinished waits).
+
+        The parts are held while they are copied, so a part cannot be removed half-way
+        (its DELETE waits); a final whose parts went, or add up to more than the maximum
+        size, or whose copy failed, ends ``failed`` with its reason and no bytes."""
+        async with contextlib.AsyncExitStack() as held:
+            holder = await held.enter_async_context(self._locked(final.id))
             current = await self.db.run(lambda s: repository.get(s, final.id))
             if current is None or current.state != UploadState.CREATED:
                 return
             part_ids = current.concat_parts or []
             parts_by_id = {u.id: u for u in await self.db.run(lambda s: repository.get_many(s, part_ids))}
-            parts = [parts_by_id.get(pid) for pid in part_ids]
-            if any(p is None or p.is_gone for p in parts):
+            if any(pid not in parts_by_id or parts_by_id[pid].is_gone for pid in part_ids):
                 await self._fail_final(current, "a partial upload was removed before concatenation")
                 return
+            if not all(parts_by_id[pid].is_complete for pid in part_ids):
+                return  # an unfinished part: its completion comes back here
+            for part_id in sorted(set(part_ids)):  # one order for every taker: no deadlock
+                await held.enter_async_context(self._locked(part_id, interrupt=False))
+            parts_by_id = {u.id: u for u in await self.db.run(lambda s: repository.get_many(s, part_ids))}
+            parts = [parts_by_id.get(pid) for pid in part_ids]
             ready = [p for p in parts if p is not None and p.is_complete]
             if len(ready) != len(parts):
+                await self._fail_final(current, "a partial upload was removed before concatenation")
                 return
             lengths = [p.offset for p in ready]
+            if sum(lengths) > self.settings.max_upload_size:
+                limit = self.settings.max_upload_size
+                await self._fail_final(
+                    current, f"upload.too_large: the parts add up to {sum(lengths)} bytes, over {limit}"
+                )
+                return
             target = await self.store.find(current.storage_key)
             if not isinstance(target, ConcatenatableUpload):
                 raise ProblemError("tus.concat_invalid", "storage cannot concatenate")
             sources = [await self.store.find(p.storage_key) for p in ready]
-            await self._storage(target.concatenate(sources, lengths))
-            await self._complete(current, target, length=sum(lengths), offset=sum(lengths))
+            try:
+                await self._storage(target.concatenate(sources, lengths))
+            except ProblemError as exc:
+                await self._fail_final(current, f"{exc.code}: {exc.detail}", target)
+                raise
+            await self._complete(current, target, holder.generation, length=sum(lengths), offset=sum(lengths))
         await self._after_complete(current)
 
-    async def _fail_final(self, final: Upload, reason: str) -> None:
+    async def _fail_final(self, final: Upload, reason: str, stored: StoredUpload | None = None) -> None:
+        log.warning("upload.concat_failed", upload_id=final.id, reason=reason)
+        if stored is None:
+            stored = await self.store.find(final.storage_key)
+        if isinstance(stored, TerminatableUpload):
+            with contextlib.suppress(Exception):  # what was copied is not kept
+                await stored.terminate()
         await self.db.run(
             lambda s: repository.set_fields(
                 s, final, state=UploadState.FAILED, failure_reason=reason, expires_at=None
             )
         )
+        await self._publish(final, "upload.failed")
 
     # -- writing ---------------------------------------------------------------
 
@@ -304,12 +364,12 @@ class UploadService:
         checksum: Checksum | None = None,
     ) -> Upload:
         async with self._locked(upload_id) as holder:
-            upload = await self._for_writing(owner, upload_id)
+            upload = await self._for_writing(owner, upload_id, holder)
             was_complete = upload.is_complete
             if upload.concat_role == ConcatRole.FINAL:
                 raise ProblemError("upload.final_immutable", "PATCH is not allowed on a final upload")
             if declared_length is not None:
-                await self._declare_length(upload, declared_length)
+                await self._declare_length(upload, declared_length, holder.generation)
             if offset != upload.offset:
                 raise ProblemError(
                     "upload.offset_mismatch",
@@ -325,68 +385,131 @@ class UploadService:
                 body.limit = room
                 body.hasher = checksum.hasher if checksum else None
                 holder.on_interrupt(body.interrupt)
-                await self._write(upload, offset, body, checksum)
+                body.watch_idle(self.settings.body_idle_timeout_seconds)
+                try:
+                    await self._write(upload, offset, body, checksum, holder)
+                finally:
+                    body.stop_watching()
         if upload.is_complete and not was_complete:
             await self._after_complete(upload)
+        if body.idle:
+            raise ProblemError(
+                "request.body_timeout",
+                f"nothing arrived for {self.settings.body_idle_timeout_seconds:g} s; what did is recorded",
+                headers={"Upload-Offset": str(upload.offset), "Connection": "close"},
+            )
         return upload
 
-    async def _write(self, upload: Upload, offset: int, body: RequestBody, checksum: Checksum | None) -> None:
+    async def _write(
+        self, upload: Upload, offset: int, body: RequestBody, checksum: Checksum | None, holder: LockHolder
+    ) -> None:
         stored = await self.store.find(upload.storage_key)
         progress = WriteProgress()
         digest = self._digest_at(upload.id, offset) if self._digest_inline(upload) else None
+        generation = holder.generation
 
         async def checkpoint(durable_offset: int) -> None:
-            await self.db.run(
-                lambda s: repository.set_fields(s, upload, offset=durable_offset, state=UploadState.RECEIVING)
-            )
+            # Progress only: the whole length is recorded by the completion, never as a bare
+            # offset (clients take offset == length for done).
+            if upload.length is not None and durable_offset >= upload.length:
+                return
+            fields = {
+                "offset": durable_offset,
+                "state": UploadState.RECEIVING,
+                "expires_at": self._expiry_from_now(),
+            }
+            try:
+                recorded = await self.db.run(
+                    lambda s: repository.record_write(s, upload, generation, **fields)
+                )
+            except (DependencyUnavailable, StorageFull) as exc:
+                # The bytes keep coming; the write's own record at its end is what counts.
+                log.warning(
+                    "upload.checkpoint_failed", upload_id=upload.id, offset=durable_offset, error=str(exc)
+                )
+                return
+            if not recorded:
+                holder.lose()
+                raise LeaseLost
             await self._publish(upload, "upload.progress")
 
         # With a checksum nothing of the request may count until it is verified.
         try:
-            await stored.write_chunk(offset, body, progress, None if checksum else checkpoint, digest)
+            await stored.write_chunk(offset, body, progress, None if checksum else checkpoint, digest, holder)
         except BodyTooLong:
-            await self._rollback(upload, stored, offset)
+            await self._rollback(upload, stored, offset, generation)
             raise ProblemError(
                 "upload.exceeds_length", f"the body is longer than the {body.limit} bytes left"
             ) from None
+        except LeaseLost:
+            raise _superseded() from None
+        except AlreadyFinished:
+            # Stored whole before by a request that could not record it: record it now.
+            assert upload.length is not None
+            await self._complete(upload, stored, generation, offset=upload.length)
+            return
         except BaseException:
             # Keep what is durable (a client that vanished resumes from here), then fail.
             if checksum is None and progress.written:
-                durable = offset + progress.written
-                await self.db.run(lambda s: repository.set_fields(s, upload, offset=durable))
+                with contextlib.suppress(Exception):
+                    await self._record_progress(upload, stored, offset + progress.written, generation)
             raise
         if checksum is not None and (
             body.interrupted or body.disconnected or checksum.hasher.digest() != checksum.expected
         ):
-            await self._rollback(upload, stored, offset)
+            await self._rollback(upload, stored, offset, generation)
             if body.interrupted or body.disconnected:
                 return
             raise ProblemError("tus.checksum_mismatch", f"the body's {checksum.algorithm} does not match")
         new_offset = offset + progress.written
         if digest is not None and digest.covered == new_offset:
             self._keep_digest(upload.id, digest)
-        if upload.length is not None and new_offset == upload.length:
-            await self._complete(upload, stored, offset=new_offset)
-        else:
-            fields = {
-                "offset": new_offset,
-                "state": UploadState.RECEIVING if new_offset else upload.state,
-                "expires_at": self._expiry_from_now(),
-            }
-            await self.db.run(lambda s: repository.set_fields(s, upload, **fields))
+        await self._record_progress(upload, stored, new_offset, generation, retry=True)
         log.debug("upload.chunk_written", upload_id=upload.id, offset=new_offset, bytes=progress.written)
         if not upload.is_complete:
             await self._publish(upload, "upload.progress")
 
-    async def _rollback(self, upload: Upload, stored: StoredUpload, offset: int) -> None:
+    async def _record_progress(
+        self, upload: Upload, stored: StoredUpload, new_offset: int, generation: int, *, retry: bool = False
+    ) -> None:
+        """Record where a write ended: the completion when it reached the length (and never
+        the length alone), else the offset."""
+        if upload.length is not None and new_offset == upload.length:
+            await self._complete(upload, stored, generation, retry=retry, offset=new_offset)
+            return
+        fields = {
+            "offset": new_offset,
+            "state": UploadState.RECEIVING if new_offset else upload.state,
+            "expires_at": self._expiry_from_now(),
+        }
+        work = partial(_record_write, upload=upload, generation=generation, fields=fields)
+        if not await (self._retrying(work) if retry else self.db.run(work)):
+            raise _superseded()
+
+    async def _retrying(self, work: Callable[[Any], T]) -> T:
+        """``db.run(work)``, tried again while the database is away, for a while."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RECORD_RETRY_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                return await self.db.run(work)
+            except DependencyUnavailable as exc:
+                if loop.time() + delay > deadline:
+                    raise
+                log.warning("upload.record_retry", error=exc.detail, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _rollback(self, upload: Upload, stored: StoredUpload, offset: int, generation: int) -> None:
         await stored.discard_from(offset)
         if upload.offset != offset:
-            await self.db.run(lambda s: repository.set_fields(s, upload, offset=offset))
+            await self.db.run(lambda s: repository.record_write(s, upload, generation, offset=offset))
 
     async def complete_at_offset(self, owner: str, upload_id: str) -> Upload:
         """The client says every byte has been sent: the upload's length is its offset now."""
-        async with self._locked(upload_id):
-            upload = await self.get(owner, upload_id)
+        async with self._locked(upload_id) as holder:
+            upload = await self._for_writing(owner, upload_id, holder)
             was_complete = upload.is_complete
             if not was_complete:
                 if upload.length is not None and upload.length != upload.offset:
@@ -394,12 +517,12 @@ class UploadService:
                         "ietf.inconsistent_length",
                         f"the upload is {upload.length} bytes long but only {upload.offset} arrived",
                     )
-                await self._declare_length(upload, upload.offset)
+                await self._declare_length(upload, upload.offset, holder.generation)
         if upload.is_complete and not was_complete:
             await self._after_complete(upload)
         return upload
 
-    async def _declare_length(self, upload: Upload, length: int) -> None:
+    async def _declare_length(self, upload: Upload, length: int, generation: int) -> None:
         if upload.length is not None:
             if upload.length != length:
                 raise ProblemError("upload.length_already_set")
@@ -412,11 +535,13 @@ class UploadService:
         if isinstance(stored, LengthDeclarableUpload):
             await stored.declare_length(length)
         if length == upload.offset:
-            await self._complete(upload, stored, length=length)
-        else:
-            await self.db.run(lambda s: repository.set_fields(s, upload, length=length))
+            await self._complete(upload, stored, generation, length=length)
+        elif not await self.db.run(lambda s: repository.record_write(s, upload, generation, length=length)):
+            raise _superseded()
 
-    async def _complete(self, upload: Upload, stored: StoredUpload, **fields: Any) -> None:
+    async def _complete(
+        self, upload: Upload, stored: StoredUpload, generation: int, *, retry: bool = False, **fields: Any
+    ) -> None:
         """Finish the stored object, then record the upload as received (with ``fields``)."""
         length = fields.get("length", upload.length)
         assert length is not None
@@ -440,12 +565,17 @@ class UploadService:
             assert digest is not None
             processed = self.processor.processed_from_head(upload, digest.head)
             fields.update(processed or {})
-        await self.db.run(lambda s: repository.set_fields(s, upload, **fields))
+        work = partial(_record_write, upload=upload, generation=generation, fields=fields)
+        if not await (self._retrying(work) if retry else self.db.run(work)):
+            raise _superseded()
         log.info("upload.received", upload_id=upload.id, length=length, state=upload.state)
         await self._publish(upload, "upload.received", state=str(state))
         if processed is not None:
             assert self.processor is not None
-            await self.processor.announce_processed(upload)
+            try:
+                await self.processor.announce_processed(upload)
+            except DependencyUnavailable as exc:
+                log.warning("events.publish_failed", upload_id=upload.id, error=exc.detail)
         elif upload.state == UploadState.READY:
             await self._publish(upload, "upload.ready")
 
@@ -458,7 +588,11 @@ class UploadService:
                     await self._try_finish_final(final)
             return
         if self.processor is not None and upload.state == UploadState.RECEIVED:
-            await self.processor.submit(upload)
+            try:
+                await self.processor.submit(upload)
+            except Exception as exc:
+                # Recorded as received: the sweep hands it to processing again later.
+                log.warning("processing.submit_failed", upload_id=upload.id, error=str(exc)[:300])
 
     async def reprocess(self, owner: str, upload_id: str) -> Upload:
         """Run the pipeline again on a ready or failed upload."""
@@ -504,30 +638,54 @@ class UploadService:
         await self._publish(upload, f"upload.{state.value}")
 
     async def expire_due(self, batch: int = 100) -> int:
-        """Remove uploads whose expiry passed; returns how many were removed."""
+        """Remove uploads whose expiry passed; returns how many were removed. An upload
+        that a request holds is being written: it is left alone (its writer pushes the
+        expiry forward), and never interrupted."""
         due = await self.db.run(lambda s: repository.due_for_expiry(s, utcnow(), batch))
         removed = 0
         for candidate in due:
             try:
-                async with self._locked(candidate.id):
+                async with self.locker.hold(candidate.id, interrupt=False, patience=0):
                     upload = await self.db.run(partial(repository.get, upload_id=candidate.id))
                     if upload is None or upload.is_gone or not self._is_past_expiry(upload):
                         continue
                     await self._remove(upload, UploadState.EXPIRED)
                     removed += 1
-            except ProblemError:
-                continue  # busy: the next sweep takes it
+            except (UploadLocked, ProblemError):
+                continue  # busy: the next sweep looks again
         return removed
+
+    async def prune_tombstones(self, batch: int = 500) -> int:
+        """Delete the rows (and event history) of uploads terminated or expired longer
+        than the tombstone retention ago; returns how many."""
+        before = utcnow() - timedelta(seconds=self.settings.tombstone_retention_seconds)
+        pruned = 0
+        while True:
+            gone = await self.db.run(lambda s: repository.prune_tombstones(s, before, batch))
+            for upload_id, owner in gone:
+                with contextlib.suppress(DependencyUnavailable):
+                    await self.events.forget(owner, upload_id)
+            pruned += len(gone)
+            if len(gone) < batch:
+                return pruned
 
     # -- helpers ---------------------------------------------------------------
 
     async def _publish(self, upload: Upload, event_type: str, **overrides: Any) -> None:
+        """Publish an event about a change already recorded. A bus that is away loses the
+        event, not the change: the request that made it still succeeds (the status
+        endpoint has the truth, and SSE clients catch up from it)."""
         if upload.concat_role == ConcatRole.PARTIAL:
             return  # parts are an implementation detail of their final upload
-        await self.events.publish(upload.owner, upload.id, event_type, {**event_data(upload), **overrides})
+        try:
+            await self.events.publish(
+                upload.owner, upload.id, event_type, {**event_data(upload), **overrides}
+            )
+        except DependencyUnavailable as exc:
+            log.warning("events.publish_failed", upload_id=upload.id, type=event_type, error=exc.detail)
 
-    def _locked(self, upload_id: str) -> Any:
-        return _translate_locked(self.locker.hold(upload_id))
+    def _locked(self, upload_id: str, *, interrupt: bool = True) -> Any:
+        return _translate_locked(self.locker.hold(upload_id, interrupt=interrupt))
 
     @staticmethod
     async def _storage(operation: Awaitable[Any]) -> Any:
@@ -553,3 +711,11 @@ class _translate_locked:
 
     async def __aexit__(self, *exc: Any) -> Any:
         return await self.inner.__aexit__(*exc)
+
+
+def _record_write(connection: Any, *, upload: Upload, generation: int, fields: dict[str, Any]) -> bool:
+    return repository.record_write(connection, upload, generation, **fields)
+
+
+def _superseded() -> ProblemError:
+    return ProblemError("upload.locked", "another request took over this upload; HEAD tells its offset")

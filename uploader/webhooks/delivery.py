@@ -132,8 +132,13 @@ class WebhookingEventBus:
             await self.dispatcher.dispatch(payload_of(event))
         return event
 
-    async def history(self, owner: str, upload_id: str | None, after: int | None) -> list[Event]:
-        return await self.inner.history(owner, upload_id, after)
+    async def history(
+        self, owner: str, upload_id: str | None, after: int | None, limit: int | None = None
+    ) -> list[Event]:
+        return await self.inner.history(owner, upload_id, after, limit)
+
+    async def forget(self, owner: str, upload_id: str) -> None:
+        await self.inner.forget(owner, upload_id)
 
     async def subscribe(self, owner: str, upload_id: str | None) -> Subscription:
         return await self.inner.subscribe(owner, upload_id)

@@ -93,6 +93,13 @@ async def _check_one(
             if status == 200:
                 problems.append(f"{name}: gone, but its download answers 200")
         return problems
+    if upload.state == UploadState.FAILED and upload.completed_at is None:
+        # Failed before its bytes were whole (a refused concatenation): nothing to serve.
+        if client is not None:
+            status = (await client.get(f"/api/v1/uploads/{upload.id}/content")).status_code
+            if status == 200:
+                problems.append(f"{name}: failed without bytes, but its download answers 200")
+        return problems
     complete = upload.state in COMPLETE_STATES
     if complete and upload.offset != upload.length:
         problems.append(f"{name}: complete with offset != length")

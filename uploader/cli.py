@@ -56,13 +56,15 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     if migrated.returncode != 0:
         log.error("database.migration_failed", exit_code=migrated.returncode)
         return migrated.returncode
+    from uploader.kit.http_protocol import guarded_protocol
+
     gc.set_threshold(*GC_THRESHOLDS)
     config = uvicorn.Config(
         create_app(settings),
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(settings.max_header_bytes, settings.header_timeout_seconds),
         lifespan="on",
         access_log=settings.access_log,
         log_config=None,

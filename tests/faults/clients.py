@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -74,11 +75,18 @@ def raw_request(host_url: str, data: bytes, read_seconds: float = 30) -> bytes:
     """Send raw bytes on a new connection; everything the server answers until it closes."""
     url = urlsplit(host_url)
     with socket.create_connection((url.hostname, url.port), timeout=read_seconds) as sock:
-        sock.sendall(data)
+
+        def send() -> None:
+            with contextlib.suppress(OSError):  # the server may stop reading and close
+                sock.sendall(data)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
         chunks = []
         try:
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
         except (TimeoutError, ConnectionResetError):
             pass
+        sender.join(read_seconds)
         return b"".join(chunks)

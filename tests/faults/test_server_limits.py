@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from tests.e2e.slow_client import HandFedPatch
-from tests.faults.clients import MiB, TricklingPatch, create, head_offset
+from tests.faults.clients import MiB, TricklingPatch, create, head_offset, raw_request
 from tests.faults.conftest import open_descriptors
 from tests.faults.invariant import assert_invariant
 from tests.support import PATCH_HEADERS, TUS, metadata, start_server
@@ -219,3 +222,37 @@ def _first_bytes(response: httpx.Response, size: int = 400_000) -> list[str]:
         if len(received) >= size or received.count(b"\n\nid: ") >= 999:
             break
     return received.decode(errors="replace").splitlines()
+
+
+def test_huge_and_trickled_headers_are_refused_before_any_route(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "server", UPLOADER_HEADER_TIMEOUT_SECONDS="2")
+    try:
+        huge = b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (8 * MiB) + b"\r\n\r\n"
+        answer = raw_request(server.url, huge)
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        many = (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: y\r\n" % n for n in range(100_000))
+            + b"\r\n"
+        )
+        assert raw_request(server.url, many).startswith(b"HTTP/1.1 431")
+        # A header trickled byte by byte is cut at the header timeout.
+        url = urlsplit(server.url)
+        started = time.monotonic()
+        with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            answer = b""
+            try:
+                for _ in range(60):
+                    sock.sendall(b"z")
+                    time.sleep(0.25)
+            except OSError:
+                pass
+            with contextlib.suppress(OSError):
+                answer = sock.recv(65536)
+        assert time.monotonic() - started < 8
+        assert answer.startswith(b"HTTP/1.1 408") or answer == b""
+        # Ordinary requests are untouched.
+        assert httpx.get(f"{server.url}/healthz", headers={"X-Ok": "a" * 30_000}).status_code == 200
+    finally:
+        server.stop()

@@ -1,0 +1,114 @@
+"""uvicorn's httptools protocol with limits on what a client may send before its request
+exists: the request line and headers together at most ``max_header_bytes`` (431), and all
+of them within ``header_timeout`` of the connection opening or the request starting.
+
+httptools accepts headers of any size and count, and parsing time and memory grew faster
+than their size (a 128 MiB header took 17 s and three times its size in memory); a header
+trickled one byte every few seconds held its connection for as long as the client liked.
+Both happen before authentication, so any client could.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class _Refused(Exception):
+    """Stops the parser once a request has been refused (httptools turns it into a parser
+    error, which uvicorn answers on a transport already closed: nothing more is sent)."""
+
+
+def _problem(status: int, reason: str, code: str, detail: str) -> bytes:
+    body = json.dumps({"title": reason, "status": status, "detail": detail, "code": code}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/problem+json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    max_header_bytes = 64 * 1024
+    header_timeout = 20.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_bytes = 0
+        self._awaiting_headers = True
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._start_header_timer()
+
+    def _start_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_timed_out)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_timed_out(self) -> None:
+        self._header_timer = None
+        if self._awaiting_headers and not self.transport.is_closing():
+            detail = f"the request's headers did not arrive within {self.header_timeout:g} s"
+            self._refuse(408, "Request Timeout", "request.header_timeout", detail)
+
+    def _refuse(self, status: int, reason: str, code: str, detail: str) -> None:
+        self._awaiting_headers = False
+        self._stop_header_timer()
+        self.transport.write(_problem(status, reason, code, detail))
+        # Read no more, and close a moment later: closing at once while the client still
+        # sends would reset the connection and could discard the answer before it is read.
+        self.transport.pause_reading()
+        self.loop.call_later(0.5, self.transport.close)
+
+    def _too_large(self) -> None:
+        detail = f"the request line and headers may take {self.max_header_bytes} bytes"
+        self._refuse(431, "Request Header Fields Too Large", "request.header_too_large", detail)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing() or not self.transport.is_reading():
+            return
+        if self._awaiting_headers:
+            self._header_bytes += len(data)
+            if self._header_bytes > self.max_header_bytes + 256 * 1024:
+                self._too_large()  # far past the limit before the parser even finished
+                return
+        try:
+            super().data_received(data)
+        except _Refused:
+            return
+        if self._awaiting_headers and self._header_bytes > self.max_header_bytes:
+            self._too_large()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._awaiting_headers = True
+        self._header_bytes = 0
+        self._start_header_timer()
+
+    def on_headers_complete(self) -> None:
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        self._awaiting_headers = False
+        self._stop_header_timer()
+        if size > self.max_header_bytes:
+            self._too_large()
+            raise _Refused
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+
+def guarded_protocol(max_header_bytes: int, header_timeout: float) -> Any:
+    """The protocol class for uvicorn's ``http`` setting, with these limits."""
+    return type(
+        "GuardedHttpTools",
+        (GuardedHttpToolsProtocol,),
+        {"max_header_bytes": max_header_bytes, "header_timeout": header_timeout},
+    )

@@ -256,3 +256,48 @@ def test_huge_and_trickled_headers_are_refused_before_any_route(tmp_path: Path) 
         assert httpx.get(f"{server.url}/healthz", headers={"X-Ok": "a" * 30_000}).status_code == 200
     finally:
         server.stop()
+
+
+def test_deleting_a_part_while_its_final_upload_is_made_never_leaves_a_stuck_final(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "server", UPLOADER_PROCESSING="off")
+    settings = Settings(data_dir=tmp_path / "server")
+    try:
+        sent: dict[str, list[bytes]] = {}
+        for round_ in range(4):
+            big, small = os.urandom(40 * MiB), os.urandom(MiB)
+            parts = []
+            for data in (big, small):
+                url = create(server.tus_url, len(data), **{"Upload-Concat": "partial"})
+                response = httpx.patch(
+                    url, content=data, headers={**PATCH_HEADERS, "Upload-Offset": "0"}, timeout=60
+                )
+                assert response.status_code == 204
+                parts.append(url)
+                sent[url.rsplit("/", 1)[1]] = [data]
+            names = " ".join("/files/" + url.rsplit("/", 1)[1] for url in parts)
+            answers: dict[str, httpx.Response] = {}
+
+            def make_final(names: str = names, answers: dict[str, httpx.Response] = answers) -> None:
+                headers = {**TUS, "Upload-Concat": f"final;{names}"}
+                answers["final"] = httpx.post(server.tus_url, headers=headers, timeout=60)
+
+            maker = threading.Thread(target=make_final)
+            maker.start()
+            time.sleep(0.002 * round_)
+            deleted = httpx.delete(parts[0], headers=TUS, timeout=60)
+            maker.join(60)
+            assert deleted.status_code in (204, 423), deleted.text
+            final = answers["final"]
+            assert final.status_code in (201, 400), final.text
+            if final.status_code == 201:
+                final_id = final.headers["Location"].rsplit("/", 1)[1]
+                status = httpx.get(f"{server.url}/api/v1/uploads/{final_id}").json()
+                assert status["state"] in ("ready", "failed"), status
+                if status["state"] == "failed":
+                    assert status["failure_reason"]
+                else:
+                    sent[final_id] = [big + small]
+        assert_invariant(settings, sent)
+        assert "request.failed" not in server.log()
+    finally:
+        server.stop()

@@ -121,22 +121,18 @@ class Database:
         fresh connection, when the connection died under the work: its transaction was
         rolled back, and units of work set values rather than add to them); a full disk
         is ``StorageFull``."""
-        try:
-            return await self._run_once(work)
-        except Exception as exc:
-            translated = translate_error(exc)
-            if translated is None:
-                raise
-            if not (isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated):
-                raise translated from exc
-        await asyncio.sleep(0.05)
-        try:
-            return await self._run_once(work)
-        except Exception as exc:
-            translated = translate_error(exc)
-            if translated is None:
-                raise
-            raise translated from exc
+        for attempt in (1, 2):
+            try:
+                return await self._run_once(work)
+            except Exception as exc:
+                translated = translate_error(exc)
+                if translated is None:
+                    raise
+                died = isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+                if attempt == 2 or not died:
+                    raise translated from exc
+            await asyncio.sleep(0.05)
+        raise AssertionError("unreachable")
 
     async def _run_once(self, work: Work[T]) -> T:
         if self._sqlite is not None:

@@ -297,7 +297,25 @@ def test_deleting_a_part_while_its_final_upload_is_made_never_leaves_a_stuck_fin
                     assert status["failure_reason"]
                 else:
                     sent[final_id] = [big + small]
-        assert_invariant(settings, sent)
+        assert_invariant(settings, sent, server.url)
         assert "request.failed" not in server.log()
+    finally:
+        server.stop()
+
+
+def test_a_download_whose_bytes_are_missing_is_a_503_not_a_promise(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "server", UPLOADER_PROCESSING="off")
+    try:
+        url = create(server.tus_url, 5)
+        assert (
+            httpx.patch(url, content=b"hello", headers={**PATCH_HEADERS, "Upload-Offset": "0"}).status_code
+            == 204
+        )
+        for path in (tmp_path / "server" / "files").rglob("*"):
+            if path.is_file():
+                path.unlink()  # the bytes vanish under the service (a disk replaced, say)
+        response = httpx.get(f"{server.url}/api/v1/uploads/{url.rsplit('/', 1)[1]}/content", timeout=30)
+        assert response.status_code == 503
+        assert response.json()["code"] == "storage.unavailable"
     finally:
         server.stop()

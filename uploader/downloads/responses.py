@@ -116,4 +116,17 @@ async def ranged_response(
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media_type)
-    return StreamingResponse(read(start, end), status_code=status, headers=headers, media_type=media_type)
+    # The first block is read before anything is sent: a download whose bytes are missing
+    # is a 503, never a 200 that promises a length and then ends.
+    blocks = read(start, end)
+    first = await anext(blocks, b"") if end > start else b""
+    return StreamingResponse(
+        _chained(first, blocks), status_code=status, headers=headers, media_type=media_type
+    )
+
+
+async def _chained(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for block in rest:
+        yield block

@@ -628,12 +628,16 @@ class UploadService:
             await self._remove(upload, UploadState.TERMINATED)
 
     async def _remove(self, upload: Upload, state: UploadState) -> None:
+        """Record the upload gone, then remove its bytes. In this order, whatever still
+        works on it (a pipeline rendering variants, a writer that lost its lock) fails its
+        next conditional record and cleans up after itself; a pipeline that finished
+        between a removal of the bytes and the record would leave variants behind."""
         if self._unwritten is not None:
             self._unwritten.pop(upload.id, None)
+        await self.db.run(lambda s: repository.set_fields(s, upload, state=state, expires_at=None))
         stored = await self.store.find(upload.storage_key)
         if isinstance(stored, TerminatableUpload):
             await self._storage(stored.terminate())
-        await self.db.run(lambda s: repository.set_fields(s, upload, state=state, expires_at=None))
         log.info(f"upload.{state.value}", upload_id=upload.id)
         await self._publish(upload, f"upload.{state.value}")
 

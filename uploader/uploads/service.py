@@ -634,10 +634,20 @@ class UploadService:
         between a removal of the bytes and the record would leave variants behind."""
         if self._unwritten is not None:
             self._unwritten.pop(upload.id, None)
-        await self.db.run(lambda s: repository.set_fields(s, upload, state=state, expires_at=None))
+
+        def record(s: Any) -> None:
+            repository.set_fields(s, upload, state=state, expires_at=None)
+
+        try:
+            await self.db.run(record)
+            recorded = True
+        except StorageFull:
+            recorded = False  # a database on a full disk: the bytes go first, to make room
         stored = await self.store.find(upload.storage_key)
         if isinstance(stored, TerminatableUpload):
             await self._storage(stored.terminate())
+        if not recorded:
+            await self._storage(self.db.run(record))
         log.info(f"upload.{state.value}", upload_id=upload.id)
         await self._publish(upload, f"upload.{state.value}")
 

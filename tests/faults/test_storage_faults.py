@@ -1,0 +1,181 @@
+"""S3 that fails half-way: moto behind a small proxy that answers 503 or cuts the
+connection in the middle of a part. The offset never passes what S3 holds, and every
+upload ends with the client's bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import http.server
+import os
+import random
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.faults.clients import MiB
+from tests.faults.invariant import assert_invariant
+from tests.support import PATCH_HEADERS, S3_TEST_BUCKET, S3_TEST_ENV, TUS, start_server
+from uploader.settings import Settings
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e]
+_HOP_BY_HOP = {"connection", "transfer-encoding", "keep-alive", "content-length"}
+_SLOW_DOWN = b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>injected</Message></Error>"
+
+
+class FaultyProxy:
+    """Relays S3 requests to moto; writes (parts and objects) fail as often as told."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = urlsplit(upstream)
+        self.fail_rate = 0.0  # answered 503 SlowDown
+        self.cut_rate = 0.0  # connection closed half-way through the body
+        self.faults = 0
+        self.rng = random.Random(7)
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+            def _relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if self.command == "PUT" and length:
+                    roll = proxy.rng.random()
+                    if roll < proxy.cut_rate:
+                        proxy.faults += 1
+                        self.rfile.read(length // 2)
+                        self.close_connection = True
+                        self.connection.close()
+                        return
+                    if roll < proxy.cut_rate + proxy.fail_rate:
+                        proxy.faults += 1
+                        self.rfile.read(length)
+                        self.send_response(503)
+                        self.send_header("Content-Type", "application/xml")
+                        self.send_header("Content-Length", str(len(_SLOW_DOWN)))
+                        self.end_headers()
+                        self.wfile.write(_SLOW_DOWN)
+                        return
+                body = self.rfile.read(length) if length else None
+                upstream = http.client.HTTPConnection(
+                    proxy.upstream.hostname, proxy.upstream.port, timeout=60
+                )
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                    if body is not None:
+                        headers["Content-Length"] = str(len(body))
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    response = upstream.getresponse()
+                    payload = response.read()
+                finally:
+                    upstream.close()
+                self.send_response(response.status)
+                for name, value in response.getheaders():
+                    if name.lower() not in _HOP_BY_HOP:
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def faulty_s3(s3_endpoint: str) -> Iterator[FaultyProxy]:
+    proxy = FaultyProxy(s3_endpoint)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def _send_until_done(url: str, data: bytes, chunk: int, deadline: float) -> list[int]:
+    """A resuming client; returns every status it got."""
+    statuses: list[int] = []
+    while time.monotonic() < deadline:
+        head = httpx.head(url, headers=TUS, timeout=60)
+        offset = int(head.headers["Upload-Offset"])
+        if offset == len(data):
+            return statuses
+        headers = {**PATCH_HEADERS, "Upload-Offset": str(offset)}
+        response = httpx.patch(url, content=data[offset : offset + chunk], headers=headers, timeout=120)
+        statuses.append(response.status_code)
+        assert response.status_code in (204, 503), response.text
+    raise AssertionError(f"not done: {statuses}")
+
+
+def test_s3_failing_half_way_never_moves_the_offset_past_stored_bytes(
+    tmp_path: Path, faulty_s3: FaultyProxy
+) -> None:
+    prefix = secrets.token_hex(6)
+    server = start_server(
+        tmp_path / "server",
+        UPLOADER_STORAGE_URL=f"s3://{S3_TEST_BUCKET}/{prefix}",
+        UPLOADER_S3_ENDPOINT_URL=faulty_s3.url,
+        UPLOADER_S3_PART_SIZE=str(5 * MiB),
+        UPLOADER_S3_MAX_ATTEMPTS="2",
+        **S3_TEST_ENV,
+    )
+    settings = Settings(
+        data_dir=tmp_path / "server",
+        storage_url=f"s3://{S3_TEST_BUCKET}/{prefix}",
+        s3_endpoint_url=faulty_s3.url,
+    )
+    for name, value in S3_TEST_ENV.items():
+        os.environ.setdefault(name, value)
+    try:
+        files = [os.urandom(12 * MiB + 12345 * n) for n in range(3)]
+        urls = []
+        for data in files:
+            created = httpx.post(server.tus_url, headers={**TUS, "Upload-Length": str(len(data))}, timeout=60)
+            assert created.status_code == 201
+            urls.append(created.headers["Location"])
+        # An outage of every write: the PATCH is a 503 and records nothing it did not store.
+        faulty_s3.fail_rate = 1.0
+        refused = httpx.patch(
+            urls[0], content=files[0][: 7 * MiB], headers={**PATCH_HEADERS, "Upload-Offset": "0"}, timeout=120
+        )
+        assert refused.status_code == 503
+        assert httpx.head(urls[0], headers=TUS).headers["Upload-Offset"] == "0"
+        # Writes that fail now and then, some cut off half-way: clients resume until done.
+        faulty_s3.fail_rate, faulty_s3.cut_rate = 0.25, 0.1
+        deadline = time.monotonic() + 180
+        statuses = [
+            s
+            for url, data in zip(urls, files, strict=True)
+            for s in _send_until_done(url, data, 3 * MiB, deadline)
+        ]
+        assert faulty_s3.faults > 3
+        assert 503 in statuses or faulty_s3.faults > 0
+        faulty_s3.fail_rate = faulty_s3.cut_rate = 0.0
+        sent = {url.rsplit("/", 1)[1]: [data] for url, data in zip(urls, files, strict=True)}
+        assert_invariant(settings, sent, server.url)
+        for url, data in zip(urls, files, strict=True):
+            status_url = f"{server.url}/api/v1/uploads/{url.rsplit('/', 1)[1]}"
+            while (status := httpx.get(status_url).json())["state"] not in ("ready", "failed"):
+                assert time.monotonic() < deadline, status
+                time.sleep(0.1)
+            assert status["state"] == "ready", status
+            assert status["sha256"] == hashlib.sha256(data).hexdigest()
+        assert "request.failed" not in server.log()
+    finally:
+        server.stop()

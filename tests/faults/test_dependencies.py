@@ -167,3 +167,37 @@ def test_a_form_and_a_creation_during_a_redis_outage_leave_no_phantom(
         assert {row.id for row in rows} == told
     finally:
         server.stop()
+
+
+def test_redis_killed_during_a_patch_never_leaves_a_full_upload_incomplete(
+    tmp_path: Path, own_redis: RedisServer
+) -> None:
+    env = {"UPLOADER_REDIS_URL": own_redis.url, "UPLOADER_REDIS_PREFIX": "faults"}
+    server = start_server(tmp_path / "server", **env)
+    settings = Settings(data_dir=tmp_path / "server")
+    try:
+        data = os.urandom(8 * MiB)
+        url = create(server.tus_url, len(data))
+        patch = TricklingPatch(url, data, rate=MiB)
+        time.sleep(2)
+        own_redis.kill()
+        time.sleep(3)
+        own_redis.start()
+        status = patch.wait()
+        assert status in (204, 423, 503), (status, server.log()[-3000:])
+        offset = head_offset(url)
+        upload_id = url.rsplit("/", 1)[1]
+        state = httpx.get(f"{server.url}/api/v1/uploads/{upload_id}").json()["state"]
+        assert (offset == len(data)) == (state in ("received", "processing", "ready")), (offset, state)
+        if offset < len(data):  # the lease ran out with Redis: the writer stopped and recorded
+            response = httpx.patch(
+                url,
+                content=data[offset:],
+                headers={**PATCH_HEADERS, "Upload-Offset": str(offset)},
+                timeout=60,
+            )
+            assert response.status_code == 204, response.text
+        assert_invariant(settings, {upload_id: [data]}, server.url)
+        assert "request.failed" not in server.log()
+    finally:
+        server.stop()

@@ -137,6 +137,11 @@ class StoredUpload(Protocol):
 
 @runtime_checkable
 class UploadStore(Protocol):
+    # Whether the backend itself keeps a second writer of an upload out while the first
+    # one still writes (a local file's lock); without it, only the writer's own check of
+    # its lock does.
+    excludes_writers: bool
+
     async def create(self, key: str, length: int | None) -> StoredUpload: ...
 
     async def find(self, key: str) -> StoredUpload: ...

@@ -317,6 +317,8 @@ async def _read_file(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
 
 
 class LocalStore:
+    excludes_writers = True  # each write holds its file's flock
+
     def __init__(self, root: Path, checkpoint_bytes: int) -> None:
         self.root = root
         self.checkpoint_bytes = checkpoint_bytes

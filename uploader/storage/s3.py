@@ -551,6 +551,10 @@ class _PartWriter:
 
 
 class S3Store:
+    # A part in flight from a writer that lost its lock can still land after a newer
+    # writer's: S3 has no condition to put on UploadPart.
+    excludes_writers = False
+
     def __init__(
         self,
         bucket: str,

@@ -123,7 +123,12 @@ class UploadService:
 
     def _digest_inline(self, upload: Upload) -> bool:
         # Hashing while receiving saves a second read but costs the receiving path CPU;
-        # past a size the API is better off leaving it to processing.
+        # past a size the API is better off leaving it to processing. Where another
+        # process's stale writer could still land bytes the storage does not refuse, the
+        # digest of what this request sent may not be that of what is stored: processing
+        # hashes the stored bytes instead.
+        if self.locker.distributed and not self.store.excludes_writers:
+            return False
         return upload.length is not None and upload.length <= self.settings.inline_digest_max_bytes
 
     def _keep_digest(self, upload_id: str, digest: RunningDigest) -> None:

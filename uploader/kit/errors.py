@@ -32,6 +32,7 @@ ERRORS: dict[str, ErrorKind] = {
     "request.method_not_allowed": ErrorKind(405, "Method not allowed"),
     "request.body_timeout": ErrorKind(408, "The request body stopped arriving"),
     "request.header_too_large": ErrorKind(431, "The request's headers are too large"),
+    "request.header_timeout": ErrorKind(408, "The request's headers did not arrive in time"),
     "events.too_many_streams": ErrorKind(429, "Too many event streams open"),
     "auth.unauthorized": ErrorKind(401, "A valid API key is required"),
     "tus.version_unsupported": ErrorKind(412, "Unsupported tus version"),

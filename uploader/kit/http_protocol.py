@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from uploader.kit.errors import ERRORS
 
 
 class _Refused(Exception):
@@ -22,8 +25,20 @@ class _Refused(Exception):
     error, which uvicorn answers on a transport already closed: nothing more is sent)."""
 
 
-def _problem(status: int, reason: str, code: str, detail: str) -> bytes:
-    body = json.dumps({"title": reason, "status": status, "detail": detail, "code": code}).encode()
+def _problem(code: str, detail: str) -> bytes:
+    """The problem document of ``code`` (from the one table of codes), as a whole response."""
+    kind = ERRORS[code]
+    status = kind.status
+    body = json.dumps(
+        {
+            "type": f"https://uploader.dev/problems/{code}",
+            "title": kind.title,
+            "status": status,
+            "detail": detail,
+            "code": code,
+        }
+    ).encode()
+    reason = HTTPStatus(status).phrase
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/problem+json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
@@ -39,6 +54,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._header_bytes = 0
         self._awaiting_headers = True
+        self._refused = False
         self._header_timer: asyncio.TimerHandle | None = None
         self._start_header_timer()
 
@@ -55,12 +71,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer = None
         if self._awaiting_headers and not self.transport.is_closing():
             detail = f"the request's headers did not arrive within {self.header_timeout:g} s"
-            self._refuse(408, "Request Timeout", "request.header_timeout", detail)
+            self._refuse("request.header_timeout", detail)
 
-    def _refuse(self, status: int, reason: str, code: str, detail: str) -> None:
-        self._awaiting_headers = False
+    def _refuse(self, code: str, detail: str) -> None:
+        self._refused = True
+        self._awaiting_headers = True  # every byte from here on goes nowhere
         self._stop_header_timer()
-        self.transport.write(_problem(status, reason, code, detail))
+        self.transport.write(_problem(code, detail))
         # Read no more, and close a moment later: closing at once while the client still
         # sends would reset the connection and could discard the answer before it is read.
         self.transport.pause_reading()
@@ -68,16 +85,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _too_large(self) -> None:
         detail = f"the request line and headers may take {self.max_header_bytes} bytes"
-        self._refuse(431, "Request Header Fields Too Large", "request.header_too_large", detail)
+        self._refuse("request.header_too_large", detail)
 
     def data_received(self, data: bytes) -> None:
-        if self.transport.is_closing() or not self.transport.is_reading():
+        if not self._awaiting_headers:  # a body: nothing more to look at than uvicorn does
+            super().data_received(data)
             return
-        if self._awaiting_headers:
-            self._header_bytes += len(data)
-            if self._header_bytes > self.max_header_bytes + 256 * 1024:
-                self._too_large()  # far past the limit before the parser even finished
-                return
+        if self._refused:
+            return
+        self._header_bytes += len(data)
+        if self._header_bytes > self.max_header_bytes + 256 * 1024:
+            self._too_large()  # far past the limit before the parser even finished
+            return
         try:
             super().data_received(data)
         except _Refused:
@@ -86,6 +105,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._too_large()
 
     def on_message_begin(self) -> None:
+        if self._refused:
+            raise _Refused
         super().on_message_begin()
         self._awaiting_headers = True
         self._header_bytes = 0

@@ -143,9 +143,9 @@ def test_racing_writers_on_two_processes_store_one_clients_bytes(
             thread.join(60)
         assert all(a.status_code in (204, 409, 423) for a in answers), [a.text for a in answers]
         recorded = head_offset(_on(second, url))
-        for answer in answers:
-            if answer.status_code == 204:  # a 204 tells the offset it left, and it stored it
-                assert int(answer.headers["Upload-Offset"]) > 0
+        # One of them wrote (a writer interrupted before its first byte answers 204 at 0,
+        # and the other then writes from there); the offset is the furthest one told.
+        assert recorded > 0, [(a.status_code, a.headers.get("Upload-Offset")) for a in answers]
         assert recorded == max(int(a.headers.get("Upload-Offset", 0)) for a in answers)
     assert_invariant(settings, sent, second.url)
 

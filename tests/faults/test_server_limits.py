@@ -319,3 +319,18 @@ def test_a_download_whose_bytes_are_missing_is_a_503_not_a_promise(tmp_path: Pat
         assert response.json()["code"] == "storage.unavailable"
     finally:
         server.stop()
+
+
+def test_a_storage_folder_that_vanishes_is_a_503_not_a_500(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "server", UPLOADER_STORAGE_URL=(tmp_path / "volume").as_uri())
+    try:
+        shutil.rmtree(tmp_path / "volume")  # as an unmounted volume would look
+        url = create(server.tus_url, 5)
+        response = httpx.patch(url, content=b"hello", headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "storage.unavailable"
+        assert httpx.get(f"{server.url}/readyz").status_code == 503
+        assert head_offset(url) == 0
+        assert "request.failed" not in server.log()
+    finally:
+        server.stop()

@@ -140,8 +140,13 @@ class LocalUpload:
                 raise StorageUnavailable(f"stored file for {self.key} is missing") from exc
         except OSError as exc:
             raise _storage_error(exc) from exc
-        self.path.parent.mkdir(exist_ok=True)
-        return os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o640)
+        try:
+            # Only the two-letter folder: a storage root that vanished (an unmounted
+            # volume) is an error to report, not a folder to make again.
+            self.path.parent.mkdir(exist_ok=True)
+            return os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise _storage_error(exc) from exc
 
     async def reader(self, start: int, end: int) -> AsyncIterator[bytes]:
         async for block in _read_file(self.path, start, end):

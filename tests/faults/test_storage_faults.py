@@ -4,6 +4,7 @@ upload ends with the client's bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import http.server
@@ -19,9 +20,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.e2e.slow_client import HandFedPatch
 from tests.faults.clients import MiB
+from tests.faults.conftest import RedisServer
 from tests.faults.invariant import assert_invariant
-from tests.support import PATCH_HEADERS, S3_TEST_BUCKET, S3_TEST_ENV, TUS, start_server
+from tests.support import PATCH_HEADERS, S3_TEST_BUCKET, S3_TEST_ENV, TUS, LiveServer, start_server
 from uploader.settings import Settings
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -38,6 +41,11 @@ class FaultyProxy:
         self.cut_rate = 0.0  # connection closed half-way through the body
         self.faults = 0
         self.rng = random.Random(7)
+        # Writes whose body holds this marker are held back this long before they are
+        # relayed (a part that is slow to land), and counted.
+        self.slow_marker: bytes | None = None
+        self.slow_seconds = 0.0
+        self.slow_seen = 0
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -66,6 +74,9 @@ class FaultyProxy:
                         self.wfile.write(_SLOW_DOWN)
                         return
                 body = self.rfile.read(length) if length else None
+                if body is not None and proxy.slow_marker is not None and proxy.slow_marker in body[:65536]:
+                    proxy.slow_seen += 1
+                    time.sleep(proxy.slow_seconds)
                 upstream = http.client.HTTPConnection(
                     proxy.upstream.hostname, proxy.upstream.port, timeout=60
                 )
@@ -179,3 +190,72 @@ def test_s3_failing_half_way_never_moves_the_offset_past_stored_bytes(
         assert "request.failed" not in server.log()
     finally:
         server.stop()
+
+
+def test_a_stale_writers_slow_part_never_mixes_into_the_new_writers_upload(
+    tmp_path: Path, faulty_s3: FaultyProxy, own_redis: RedisServer
+) -> None:
+    """The old writer's lease goes (Redis restarted without persistence) while one of its
+    parts is still on the way to S3 and lands late. The new writer waits it out before it
+    writes the same part numbers, so the object is the new writer's bytes alone."""
+    prefix = secrets.token_hex(6)
+    shared = {
+        "UPLOADER_STORAGE_URL": f"s3://{S3_TEST_BUCKET}/{prefix}",
+        "UPLOADER_S3_ENDPOINT_URL": faulty_s3.url,
+        "UPLOADER_S3_PART_SIZE": str(5 * MiB),
+        "UPLOADER_REDIS_URL": own_redis.url,
+        "UPLOADER_REDIS_PREFIX": "faults",
+        "UPLOADER_DATA_DIR": str(tmp_path / "shared"),
+        "UPLOADER_PROCESSING": "off",
+        **S3_TEST_ENV,
+    }
+    first = start_server(tmp_path / "first", **shared)
+    second = start_server(tmp_path / "second", **shared)
+    settings = Settings(
+        data_dir=tmp_path / "shared",
+        storage_url=shared["UPLOADER_STORAGE_URL"],
+        s3_endpoint_url=faulty_s3.url,
+    )
+    for name, value in S3_TEST_ENV.items():
+        os.environ.setdefault(name, value)
+    try:
+        length = 12 * MiB
+        old, new = b"A" * length, b"B" * length
+        url = create_on(first, length)
+        other = second.url + url[url.index("/files/") :]
+        faulty_s3.slow_marker, faulty_s3.slow_seconds = b"AAAAAAAAAAAAAAAA", 3.0
+        feeder = HandFedPatch(url, 0, length)
+        feeder.send(old[: 6 * MiB])
+        deadline = time.monotonic() + 20
+        while faulty_s3.slow_seen == 0:  # the old writer's first part is on its way
+            assert time.monotonic() < deadline, "the old writer sent no part"
+            time.sleep(0.02)
+        own_redis.client().flushall()
+        flushed = time.monotonic()
+        offset = int(httpx.head(other, headers=TUS, timeout=30).headers["Upload-Offset"])
+        headers = {**PATCH_HEADERS, "Upload-Offset": str(offset)}
+        first_half = httpx.patch(other, content=new[offset : 6 * MiB], headers=headers, timeout=60)
+        assert first_half.status_code == 204, first_half.text
+        time.sleep(max(0.0, flushed + 4 - time.monotonic()))  # the old part has landed by now
+        offset = int(httpx.head(other, headers=TUS, timeout=30).headers["Upload-Offset"])
+        rest = httpx.patch(
+            other, content=new[offset:], headers={**PATCH_HEADERS, "Upload-Offset": str(offset)}, timeout=60
+        )
+        assert rest.status_code == 204, rest.text
+        with contextlib.suppress(OSError):
+            feeder.response()
+        feeder.close()
+        upload_id = url.rsplit("/", 1)[1]
+        assert_invariant(settings, {upload_id: [new]}, second.url)
+        body = httpx.get(f"{second.url}/api/v1/uploads/{upload_id}/content", timeout=60).content
+        assert body == new, f"{body.count(b'A')} bytes of the old writer in the object"
+    finally:
+        first.stop()
+        second.stop()
+
+
+def create_on(server: LiveServer, length: int) -> str:
+    created = httpx.post(server.tus_url, headers={**TUS, "Upload-Length": str(length)}, timeout=30)
+    assert created.status_code == 201, created.text
+    location: str = created.headers["Location"]
+    return location

@@ -47,16 +47,27 @@ async def test_records_of_an_older_generation_or_of_a_removed_upload_are_refused
         upload = Upload(id="a" * 32, owner="o", storage_key="b" * 32, length=100)
         await db.run(lambda c: repository.insert(c, upload))
         assert await db.run(lambda c: repository.record_write(c, upload, 10, offset=5))
-        newer = await db.run(lambda c: repository.claim_for_writing(c, upload.id, 20))
-        assert newer is not None
-        assert newer.writer_generation == 20
+        claimed = await db.run(lambda c: repository.claim_for_writing(c, upload.id, 20))
+        assert claimed is not None
+        newer, left_open = claimed
+        assert (newer.writer_generation, newer.writer_active, left_open) == (20, True, False)
         # The older writer can record nothing more; the newer one can.
         assert not await db.run(lambda c: repository.record_write(c, upload, 10, offset=50))
-        assert await db.run(lambda c: repository.record_write(c, newer, 20, offset=7))
+        assert await db.run(lambda c: repository.record_write(c, newer, 20, offset=6))
         # A claim never lowers the generation.
         stale = await db.run(lambda c: repository.claim_for_writing(c, upload.id, 15))
         assert stale is not None
-        assert stale.writer_generation == 20
+        assert stale[0].writer_generation == 20
+        # The write of generation 20 never recorded its end: the next claim is told so.
+        taking_over = await db.run(lambda c: repository.claim_for_writing(c, upload.id, 25))
+        assert taking_over is not None
+        assert taking_over[1] is True
+        newer = taking_over[0]
+        assert await db.run(lambda c: repository.record_write(c, newer, 25, offset=7, writer_active=False))
+        after_end = await db.run(lambda c: repository.claim_for_writing(c, upload.id, 26))
+        assert after_end is not None
+        assert after_end[1] is False
+        newer = after_end[0]
         await db.run(lambda c: repository.set_fields(c, newer, state=UploadState.TERMINATED))
         assert not await db.run(lambda c: repository.record_write(c, newer, 30, offset=9))
         final = await db.run(lambda c: repository.get(c, upload.id))

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    false,
 )
 
 NAMING_CONVENTION = {
@@ -106,6 +108,9 @@ uploads = Table(
     # The lock generation of the last writer that recorded an offset: a writer holding an
     # older one has lost its lock, and its records are refused (fencing).
     Column("writer_generation", BigInteger, nullable=False, server_default="0"),
+    # Whether that writer's write is still open: set when it claimed the row, cleared by
+    # the record that ends its write. Left set, the writer died or lost its lock mid-write.
+    Column("writer_active", Boolean, nullable=False, server_default=false()),
     # Pruning tombstones: terminated and expired rows by age.
     Index("ix_uploads_state_updated_at", "state", "updated_at"),
 )
@@ -138,6 +143,7 @@ class Upload:
     expires_at: datetime | None = None
     completed_at: datetime | None = None
     writer_generation: int = 0
+    writer_active: bool = False
     seq: int | None = None
 
     @property

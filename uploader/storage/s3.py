@@ -184,6 +184,12 @@ class S3Upload:
                         fence.check()  # a writer that lost its lock sends no more parts
                     await writer.submit(part_start // size + 1, part, part_start + size)
                     part_start += size
+            if fence is not None:
+                try:
+                    fence.check()
+                except BaseException:
+                    writer.cancel()  # a writer that lost its lock lands no more parts
+                    raise
             await writer.drain()
             await housekeeping
             end = part_start + pending.size
@@ -538,6 +544,11 @@ class _PartWriter:
             await self._wait_oldest()
         if self.recorder is not None:
             await self.recorder.finish()
+
+    def cancel(self) -> None:
+        """Stop the parts under way: S3 keeps no part whose body did not arrive whole."""
+        for task, _ in self.in_flight:
+            task.cancel()
 
     async def close(self) -> None:
         """On failure: parts already under way may finish and count; the rest is dropped."""

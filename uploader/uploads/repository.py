@@ -22,7 +22,9 @@ _uploads = uploads
 _c = _uploads.c
 _GET = select(_uploads).where(_c.id == bindparam("key"))
 _COLUMNS = tuple(
-    column.name for column in _uploads.columns if column.name not in ("seq", "writer_generation")
+    column.name
+    for column in _uploads.columns
+    if column.name not in ("seq", "writer_generation", "writer_active")
 )
 _WRITABLE = (UploadState.CREATED, UploadState.RECEIVING)
 _INSERT = DriverStatement(sql_insert(_uploads), {name: _c[name] for name in _COLUMNS})
@@ -135,13 +137,22 @@ def record_write(connection: Connection, upload: Upload, generation: int, **fiel
 _CLAIM = update(_uploads).where(_c.id == bindparam("key"), _c.writer_generation < bindparam("generation"))
 
 
-def claim_for_writing(connection: Connection, upload_id: str, generation: int) -> Upload | None:
+def claim_for_writing(connection: Connection, upload_id: str, generation: int) -> tuple[Upload, bool] | None:
     """The upload, now fenced against every writer older than ``generation`` (whose
-    records are refused from here on), or None when there is no such upload."""
+    records are refused from here on) and marked as being written, and whether an older
+    writer's write was still open when it was claimed (it died, or lost its lock, in the
+    middle of a write); None when there is no such upload."""
+    before = get(connection, upload_id)
+    if before is None:
+        return None
     connection.execute(
-        _CLAIM.values(writer_generation=bindparam("generation")), {"key": upload_id, "generation": generation}
+        _CLAIM.values(writer_generation=bindparam("generation"), writer_active=True),
+        {"key": upload_id, "generation": generation},
     )
-    return get(connection, upload_id)
+    open_before = before.writer_active and before.writer_generation < generation
+    if before.writer_generation < generation:
+        before.writer_generation, before.writer_active = generation, True
+    return before, open_before
 
 
 def prune_tombstones(connection: Connection, before: datetime, limit: int) -> list[tuple[str, str]]:

@@ -49,6 +49,8 @@ MAX_RUNNING_DIGESTS = 10_000
 RECORD_RETRY_SECONDS = 15.0
 # How long HEAD waits for a writer it asked to stop to record what it received.
 HEAD_SETTLE_SECONDS = 2.0
+# After a lease, how long a part that a stale writer had already sent may take to land.
+STALE_WRITE_MARGIN_SECONDS = 2.0
 T = TypeVar("T")
 
 
@@ -153,12 +155,15 @@ class UploadService:
         first, so that an older writer still running can record nothing more."""
         if self.locker.distributed:
             generation = holder.generation
-            upload = await self.db.run(lambda s: repository.claim_for_writing(s, upload_id, generation))
-            if upload is None or upload.owner != owner:
+            claimed = await self.db.run(lambda s: repository.claim_for_writing(s, upload_id, generation))
+            if claimed is None or claimed[0].owner != owner:
                 raise ProblemError("upload.not_found")
+            upload, left_open = claimed
             self._ensure_live(upload)
             if upload.writer_generation > generation:
                 raise _superseded()
+            if left_open and not upload.is_complete and not self.store.excludes_writers:
+                await self._outwait_stale_writer(upload)
             return upload
         fresh = self._unwritten.pop(upload_id, None) if self._unwritten is not None else None
         if fresh is None or fresh.owner != owner:
@@ -175,6 +180,15 @@ class UploadService:
             upload_id, min(HEAD_SETTLE_SECONDS, self.settings.lock_timeout_seconds)
         )
         return await self.get(owner, upload_id)
+
+    async def _outwait_stale_writer(self, upload: Upload) -> None:
+        """The previous writer's write never ended (it lost its lock, or died) and storage
+        cannot refuse it: wait until it can no longer land anything. It sends nothing once
+        its lease could have run out, and cancels the parts it has in flight, so a lease
+        plus a margin for a part already sent covers it."""
+        wait = self.settings.lock_lease_seconds + STALE_WRITE_MARGIN_SECONDS
+        log.warning("upload.takeover_wait", upload_id=upload.id, seconds=wait)
+        await asyncio.sleep(wait)
 
     def _ensure_live(self, upload: Upload) -> None:
         if upload.state == UploadState.TERMINATED:
@@ -371,30 +385,37 @@ class UploadService:
         async with self._locked(upload_id) as holder:
             upload = await self._for_writing(owner, upload_id, holder)
             was_complete = upload.is_complete
-            if upload.concat_role == ConcatRole.FINAL:
-                raise ProblemError("upload.final_immutable", "PATCH is not allowed on a final upload")
-            if declared_length is not None:
-                await self._declare_length(upload, declared_length, holder.generation)
-            if offset != upload.offset:
-                raise ProblemError(
-                    "upload.offset_mismatch",
-                    f"Upload-Offset is {offset} but the upload is at {upload.offset}",
-                    headers={"Upload-Offset": str(upload.offset)},
-                )
-            room = (upload.length if upload.length is not None else self.settings.max_upload_size) - offset
-            if content_length is not None and content_length > room:
-                raise ProblemError("upload.exceeds_length", f"{content_length} bytes sent, {room} bytes left")
-            # Nothing to write once complete: an empty PATCH at the end, or a declared length
-            # that equals the offset.
-            if not upload.is_complete:
-                body.limit = room
-                body.hasher = checksum.hasher if checksum else None
-                holder.on_interrupt(body.interrupt)
-                body.watch_idle(self.settings.body_idle_timeout_seconds)
-                try:
-                    await self._write(upload, offset, body, checksum, holder)
-                finally:
-                    body.stop_watching()
+            try:
+                if upload.concat_role == ConcatRole.FINAL:
+                    raise ProblemError("upload.final_immutable", "PATCH is not allowed on a final upload")
+                if declared_length is not None:
+                    await self._declare_length(upload, declared_length, holder.generation)
+                if offset != upload.offset:
+                    raise ProblemError(
+                        "upload.offset_mismatch",
+                        f"Upload-Offset is {offset} but the upload is at {upload.offset}",
+                        headers={"Upload-Offset": str(upload.offset)},
+                    )
+                room = (
+                    upload.length if upload.length is not None else self.settings.max_upload_size
+                ) - offset
+                if content_length is not None and content_length > room:
+                    raise ProblemError(
+                        "upload.exceeds_length", f"{content_length} bytes sent, {room} bytes left"
+                    )
+                # Nothing to write once complete: an empty PATCH at the end, or a declared
+                # length that equals the offset.
+                if not upload.is_complete:
+                    body.limit = room
+                    body.hasher = checksum.hasher if checksum else None
+                    holder.on_interrupt(body.interrupt)
+                    body.watch_idle(self.settings.body_idle_timeout_seconds)
+                    try:
+                        await self._write(upload, offset, body, checksum, holder)
+                    finally:
+                        body.stop_watching()
+            finally:
+                await self._end_claim(upload, holder.generation)
         if upload.is_complete and not was_complete:
             await self._after_complete(upload)
         if body.idle:
@@ -486,6 +507,7 @@ class UploadService:
             "offset": new_offset,
             "state": UploadState.RECEIVING if new_offset else upload.state,
             "expires_at": self._expiry_from_now(),
+            **self._write_ended(),
         }
         work = partial(_record_write, upload=upload, generation=generation, fields=fields)
         if not await (self._retrying(work) if retry else self.db.run(work)):
@@ -506,23 +528,40 @@ class UploadService:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
+    def _write_ended(self) -> dict[str, Any]:
+        """The field that says a claimed write ended (only claims, with locks across
+        processes, open one)."""
+        return {"writer_active": False} if self.locker.distributed else {}
+
     async def _rollback(self, upload: Upload, stored: StoredUpload, offset: int, generation: int) -> None:
         await stored.discard_from(offset)
         if upload.offset != offset:
-            await self.db.run(lambda s: repository.record_write(s, upload, generation, offset=offset))
+            fields = {"offset": offset, **self._write_ended()}
+            await self.db.run(lambda s: repository.record_write(s, upload, generation, **fields))
+
+    async def _end_claim(self, upload: Upload | None, generation: int) -> None:
+        """A claimed write that ended without a record saying so (refused, failed, had
+        nothing to write): say so now, or the next writer would wait for a stale one."""
+        if upload is None or not upload.writer_active:
+            return
+        with contextlib.suppress(Exception):  # left open, it costs the next writer a wait
+            await self.db.run(lambda s: repository.record_write(s, upload, generation, writer_active=False))
 
     async def complete_at_offset(self, owner: str, upload_id: str) -> Upload:
         """The client says every byte has been sent: the upload's length is its offset now."""
         async with self._locked(upload_id) as holder:
             upload = await self._for_writing(owner, upload_id, holder)
             was_complete = upload.is_complete
-            if not was_complete:
-                if upload.length is not None and upload.length != upload.offset:
-                    raise ProblemError(
-                        "ietf.inconsistent_length",
-                        f"the upload is {upload.length} bytes long but only {upload.offset} arrived",
-                    )
-                await self._declare_length(upload, upload.offset, holder.generation)
+            try:
+                if not was_complete:
+                    if upload.length is not None and upload.length != upload.offset:
+                        raise ProblemError(
+                            "ietf.inconsistent_length",
+                            f"the upload is {upload.length} bytes long but only {upload.offset} arrived",
+                        )
+                    await self._declare_length(upload, upload.offset, holder.generation)
+            finally:
+                await self._end_claim(upload, holder.generation)
         if upload.is_complete and not was_complete:
             await self._after_complete(upload)
         return upload
@@ -563,7 +602,9 @@ class UploadService:
             state = UploadState.RECEIVED
         else:
             state = UploadState.READY
-        fields.update(state=state, completed_at=utcnow(), expires_at=expires, sha256=sha256)
+        fields.update(
+            state=state, completed_at=utcnow(), expires_at=expires, sha256=sha256, **self._write_ended()
+        )
         # What processing would find may be known already: recorded with the completion.
         processed = None
         if self.processor is not None and upload.concat_role != ConcatRole.PARTIAL and sha256 is not None:

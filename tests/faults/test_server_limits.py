@@ -230,6 +230,11 @@ def test_huge_and_trickled_headers_are_refused_before_any_route(tmp_path: Path) 
         huge = b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (8 * MiB) + b"\r\n\r\n"
         answer = raw_request(server.url, huge)
         assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        # Headers complete but too large (one read): one answer, ours, and no 400 after it.
+        whole = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+        answer = raw_request(server.url, whole)
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        assert answer.count(b"HTTP/1.1 ") == 1, answer[-300:]
         many = (
             b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
             + b"".join(b"X-%d: y\r\n" % n for n in range(100_000))

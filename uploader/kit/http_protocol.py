@@ -21,8 +21,9 @@ from uploader.kit.errors import ERRORS
 
 
 class _Refused(Exception):
-    """Stops the parser once a request has been refused (httptools turns it into a parser
-    error, which uvicorn answers on a transport already closed: nothing more is sent)."""
+    """Stops the parser once a request has been refused. httptools turns it into a parser
+    error, which uvicorn would answer with a 400 of its own: ``send_400_response`` sends
+    nothing once this connection has answered."""
 
 
 def _problem(code: str, detail: str) -> bytes:
@@ -97,10 +98,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._header_bytes > self.max_header_bytes + 256 * 1024:
             self._too_large()  # far past the limit before the parser even finished
             return
-        try:
-            super().data_received(data)
-        except _Refused:
-            return
+        super().data_received(data)
         if self._awaiting_headers and self._header_bytes > self.max_header_bytes:
             self._too_large()
 
@@ -120,6 +118,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._too_large()
             raise _Refused
         super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:  # one answer per refused request: ours
+            super().send_400_response(msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()

@@ -139,11 +139,6 @@ class LocalLocker:
     def holder(self, upload_id: str) -> LockHolder | None:
         return self._holders.get(upload_id)
 
-    def interrupt(self, upload_id: str) -> None:
-        holder = self._holders.get(upload_id)
-        if holder is not None:
-            holder.interrupt()
-
     async def request_release(self, upload_id: str, wait_seconds: float) -> None:
         holder = self._holders.get(upload_id)
         if holder is None:

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from tests.e2e.slow_client import HandFedPatch
-from tests.support import TUS
+from tests.support import PATCH_HEADERS, TUS
 
 MiB = 1024 * 1024
 
@@ -21,6 +21,12 @@ def create(tus_url: str, length: int, **headers: str) -> str:
     assert response.status_code == 201, response.text
     location: str = response.headers["Location"]
     return location
+
+
+def send_from(url: str, data: bytes, offset: int) -> httpx.Response:
+    """PATCH the rest of ``data`` from ``offset``, as a resuming client does."""
+    headers = {**PATCH_HEADERS, "Upload-Offset": str(offset)}
+    return httpx.patch(url, content=data[offset:], headers=headers, timeout=60)
 
 
 def head_offset(url: str) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select
@@ -19,6 +18,7 @@ from sqlalchemy import select
 from uploader.db.engine import Database
 from uploader.db.models import COMPLETE_STATES, GONE_STATES, Upload, UploadState, uploads
 from uploader.settings import Settings
+from uploader.storage.local import LocalUpload
 from uploader.storage.registry import build_store
 
 Candidates = Mapping[str, Sequence[bytes]]
@@ -26,19 +26,17 @@ Candidates = Mapping[str, Sequence[bytes]]
 
 async def _stored(settings: Settings, upload: Upload, end: int) -> bytes | None:
     """Bytes ``[0, end)`` of the upload, or None where the backend cannot tell (S3 parts)."""
-    if upload.is_complete:
-        store = build_store(settings)
-        await store.start()
-        try:
-            stored = await store.find(upload.storage_key)
-            return b"".join([block async for block in stored.reader(0, end)])
-        finally:
-            await store.close()
-    if not settings.resolved_storage_url.startswith("file:"):
-        return None  # an unfinished S3 upload is parts, not an object to read
-    root = Path(urlsplit(settings.resolved_storage_url).path)
-    path = root / upload.storage_key[:2] / upload.storage_key
-    return _read_head(path, end)
+    store = build_store(settings)
+    stored = await store.find(upload.storage_key)
+    if not upload.is_complete:
+        if not isinstance(stored, LocalUpload):
+            return None  # an unfinished S3 upload is parts, not an object to read
+        return _read_head(stored.path, end)
+    await store.start()
+    try:
+        return b"".join([block async for block in stored.reader(0, end)])
+    finally:
+        await store.close()
 
 
 def _read_head(path: Path, end: int) -> bytes:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.faults.clients import MiB, TricklingPatch, create, head_offset
+from tests.faults.clients import MiB, TricklingPatch, create, head_offset, send_from
 from tests.faults.conftest import PostgresDatabase, RedisServer
 from tests.faults.invariant import assert_invariant
 from tests.support import PATCH_HEADERS, TUS, LiveServer, start_server
@@ -57,12 +57,7 @@ def test_a_database_blip_during_a_patch_never_leaves_a_full_upload_incomplete(
         else:
             assert offset < len(data)  # the client sends the rest again, which completes it
         if offset < len(data):
-            response = httpx.patch(
-                url,
-                content=data[offset:],
-                headers={**PATCH_HEADERS, "Upload-Offset": str(offset)},
-                timeout=60,
-            )
+            response = send_from(url, data, offset)
             assert response.status_code == 204
         assert_invariant(settings, {url.rsplit("/", 1)[1]: [data]}, server.url)
         assert '"status": 500' not in server.log()
@@ -190,12 +185,7 @@ def test_redis_killed_during_a_patch_never_leaves_a_full_upload_incomplete(
         state = httpx.get(f"{server.url}/api/v1/uploads/{upload_id}").json()["state"]
         assert (offset == len(data)) == (state in ("received", "processing", "ready")), (offset, state)
         if offset < len(data):  # the lease ran out with Redis: the writer stopped and recorded
-            response = httpx.patch(
-                url,
-                content=data[offset:],
-                headers={**PATCH_HEADERS, "Upload-Offset": str(offset)},
-                timeout=60,
-            )
+            response = send_from(url, data, offset)
             assert response.status_code == 204, response.text
         assert_invariant(settings, {upload_id: [data]}, server.url)
         assert "request.failed" not in server.log()

@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from tests.e2e.slow_client import HandFedPatch
-from tests.faults.clients import MiB, create, head_offset
+from tests.faults.clients import MiB, create, head_offset, send_from
 from tests.faults.conftest import RedisServer
 from tests.faults.invariant import assert_invariant
-from tests.support import PATCH_HEADERS, TUS, LiveServer, start_server
+from tests.support import TUS, LiveServer, start_server
 from uploader.settings import Settings
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -43,15 +43,10 @@ def _on(server: LiveServer, url: str) -> str:
     return server.url + url[url.index("/files/") :]
 
 
-def _patch(url: str, data: bytes, offset: int) -> httpx.Response:
-    headers = {**PATCH_HEADERS, "Upload-Offset": str(offset)}
-    return httpx.patch(url, content=data[offset:], headers=headers, timeout=60)
-
-
 def _finish(url: str, data: bytes, attempts: int = 10) -> httpx.Response:
     """A client that resumes as tus clients do: HEAD, PATCH, again on 409 or 423."""
     for _ in range(attempts):
-        response = _patch(url, data, head_offset(url))
+        response = send_from(url, data, head_offset(url))
         if response.status_code not in (409, 423):
             return response
         time.sleep(0.2)
@@ -108,7 +103,7 @@ def test_a_patch_waiting_for_another_process_is_never_interrupted_by_its_own_rel
     feeder = HandFedPatch(url, 0, length)
     time.sleep(0.5)  # the first writer hangs before its first byte, holding the lease
     # The newcomer waits for the old writer to stop and record, then writes all of its body.
-    late = _patch(_on(second, url), data, 0)
+    late = send_from(_on(second, url), data, 0)
     assert late.status_code == 204, (late.status_code, late.text)
     assert late.headers["Upload-Offset"] == str(length)
     assert feeder.response().status == 204
@@ -131,7 +126,7 @@ def test_racing_writers_on_two_processes_store_one_clients_bytes(
         def send(
             server: LiveServer, content: bytes, url: str = url, answers: list[httpx.Response] = answers
         ) -> None:
-            answers.append(_patch(_on(server, url), content, 0))
+            answers.append(send_from(_on(server, url), content, 0))
 
         threads = [
             threading.Thread(target=send, args=(server, content))
@@ -165,7 +160,7 @@ def test_after_kill_9_of_a_process_its_uploads_resume_elsewhere_within_seconds(
     started = time.monotonic()
     offset = head_offset(_on(second, url))  # HEAD needs no lock: no 423, no wait for the lease
     assert time.monotonic() - started < 3
-    response = _patch(_on(second, url), data, offset)
+    response = send_from(_on(second, url), data, offset)
     assert response.status_code == 204, response.text
     assert time.monotonic() - started < 9  # within the 5 s lease, not half a minute
     assert_invariant(settings, {url.rsplit("/", 1)[1]: [data]}, second.url)

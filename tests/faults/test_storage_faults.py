@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.e2e.slow_client import HandFedPatch
-from tests.faults.clients import MiB
+from tests.faults.clients import MiB, send_from
 from tests.faults.conftest import RedisServer
 from tests.faults.invariant import assert_invariant
 from tests.support import PATCH_HEADERS, S3_TEST_BUCKET, S3_TEST_ENV, TUS, LiveServer, start_server
@@ -175,8 +175,7 @@ def test_s3_failing_half_way_never_moves_the_offset_past_stored_bytes(
             for url, data in zip(urls, files, strict=True)
             for s in _send_until_done(url, data, 3 * MiB, deadline)
         ]
-        assert faulty_s3.faults > 3
-        assert 503 in statuses or faulty_s3.faults > 0
+        assert faulty_s3.faults > 3, statuses
         faulty_s3.fail_rate = faulty_s3.cut_rate = 0.0
         sent = {url.rsplit("/", 1)[1]: [data] for url, data in zip(urls, files, strict=True)}
         assert_invariant(settings, sent, server.url)
@@ -238,9 +237,7 @@ def test_a_stale_writers_slow_part_never_mixes_into_the_new_writers_upload(
         assert first_half.status_code == 204, first_half.text
         time.sleep(max(0.0, flushed + 4 - time.monotonic()))  # the old part has landed by now
         offset = int(httpx.head(other, headers=TUS, timeout=30).headers["Upload-Offset"])
-        rest = httpx.patch(
-            other, content=new[offset:], headers={**PATCH_HEADERS, "Upload-Offset": str(offset)}, timeout=60
-        )
+        rest = send_from(other, new, offset)
         assert rest.status_code == 204, rest.text
         with contextlib.suppress(OSError):
             feeder.response()

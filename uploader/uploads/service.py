@@ -509,6 +509,14 @@ class UploadService:
             "expires_at": self._expiry_from_now(),
             **self._write_ended(),
         }
+        await self._record(upload, generation, fields, retry=retry)
+
+    async def _record(
+        self, upload: Upload, generation: int, fields: dict[str, Any], *, retry: bool = False
+    ) -> None:
+        """Record what a writer holding ``generation`` stored (retried for a while while
+        the database is away, with ``retry``). Refused, because a newer writer took over or
+        the upload was removed: ``upload.locked``."""
         work = partial(_record_write, upload=upload, generation=generation, fields=fields)
         if not await (self._retrying(work) if retry else self.db.run(work)):
             raise _superseded()
@@ -536,8 +544,7 @@ class UploadService:
     async def _rollback(self, upload: Upload, stored: StoredUpload, offset: int, generation: int) -> None:
         await stored.discard_from(offset)
         if upload.offset != offset:
-            fields = {"offset": offset, **self._write_ended()}
-            await self.db.run(lambda s: repository.record_write(s, upload, generation, **fields))
+            await self._record(upload, generation, {"offset": offset, **self._write_ended()})
 
     async def _end_claim(self, upload: Upload | None, generation: int) -> None:
         """A claimed write that ended without a record saying so (refused, failed, had
@@ -580,8 +587,8 @@ class UploadService:
             await stored.declare_length(length)
         if length == upload.offset:
             await self._complete(upload, stored, generation, length=length)
-        elif not await self.db.run(lambda s: repository.record_write(s, upload, generation, length=length)):
-            raise _superseded()
+        else:
+            await self._record(upload, generation, {"length": length})
 
     async def _complete(
         self, upload: Upload, stored: StoredUpload, generation: int, *, retry: bool = False, **fields: Any
@@ -611,9 +618,7 @@ class UploadService:
             assert digest is not None
             processed = self.processor.processed_from_head(upload, digest.head)
             fields.update(processed or {})
-        work = partial(_record_write, upload=upload, generation=generation, fields=fields)
-        if not await (self._retrying(work) if retry else self.db.run(work)):
-            raise _superseded()
+        await self._record(upload, generation, fields, retry=retry)
         log.info("upload.received", upload_id=upload.id, length=length, state=upload.state)
         await self._publish(upload, "upload.received", state=str(state))
         if processed is not None:

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from uploader import __version__
+from uploader.auth.dependencies import Authenticator
 from uploader.downloads.router import router as downloads_router
 from uploader.events.router import router as events_router
 from uploader.health.router import router as health_router
@@ -19,6 +20,8 @@ from uploader.kit.method_override import MethodOverrideMiddleware
 from uploader.protocols.form import router as forms_router
 from uploader.protocols.tus import build_tus_router
 from uploader.protocols.tus_fast_path import TusFastPath
+from uploader.quotas.rate import ClientRateLimit, RateLimits
+from uploader.quotas.router import router as usage_router
 from uploader.runtime import Runtime
 from uploader.settings import Settings
 from uploader.uploads.router import router as uploads_router
@@ -66,6 +69,9 @@ EXPOSED_HEADERS = [
     "Content-Disposition",
     "Content-Length",
     "Accept-Patch",
+    "Retry-After",
+    "RateLimit",
+    "RateLimit-Policy",
 ]
 
 
@@ -83,11 +89,13 @@ async def _cleanup_loop(service: UploadService, interval: float) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    rates = RateLimits(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await Runtime.start(settings)
+        runtime = await Runtime.start(settings, rates=rates)
         service = runtime.service
+        app.state.auth = Authenticator(settings, runtime.db)
         app.state.db = runtime.db
         app.state.uploads = service
         app.state.runtime = runtime
@@ -130,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(forms_router)
     app.include_router(downloads_router)
     app.include_router(events_router)
+    app.include_router(usage_router)
     app.include_router(health_router)
     app.include_router(web_router)
     app.mount("/static", static_files(), name="static")
@@ -140,6 +149,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tus_path=settings.tus_path,
         exception_handlers=app.exception_handlers,
     )
+    if rates.per_ip is not None:  # inside CORS: a browser can read its 429
+        app.add_middleware(ClientRateLimit, rates=rates)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

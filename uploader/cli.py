@@ -127,6 +127,127 @@ def _ping_worker(settings: Settings) -> int:
     return 0 if answers else 1
 
 
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    """``uploader keys create|list|revoke``: API keys kept in the database."""
+    import asyncio
+    import json
+
+    from uploader.auth import api_keys
+    from uploader.auth.principal import OWNER_SCOPES, parse_scopes
+    from uploader.db.engine import Database
+    from uploader.db.migrate import upgrade_to_head
+
+    upgrade_to_head(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url)
+
+    async def run() -> int:
+        try:
+            if args.keys_command == "create":
+                try:
+                    scopes = parse_scopes(" ".join(args.scope)) if args.scope else OWNER_SCOPES
+                except ValueError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 2
+                record, key = await db.run(
+                    lambda c: api_keys.create(
+                        c,
+                        args.name,
+                        args.principal or args.name,
+                        scopes,
+                        args.quota_bytes,
+                        args.quota_active_uploads,
+                    )
+                )
+                print(key)  # the only time the key is shown
+                print(
+                    f"key {record.id} for principal {record.principal!r}, scopes {' '.join(sorted(scopes))}; "
+                    "keep it now: it is not stored",
+                    file=sys.stderr,
+                )
+                return 0
+            if args.keys_command == "list":
+                for record in await db.run(api_keys.list_all):
+                    print(
+                        json.dumps(
+                            {
+                                "id": record.id,
+                                "name": record.name,
+                                "principal": record.principal,
+                                "scopes": sorted(record.scopes),
+                                "quota_bytes": record.quota_bytes,
+                                "quota_active_uploads": record.quota_active_uploads,
+                                "created_at": record.created_at.isoformat(),
+                                "revoked_at": record.revoked_at.isoformat() if record.revoked_at else None,
+                            }
+                        )
+                    )
+                return 0
+            if await db.run(lambda c: api_keys.revoke(c, args.id)):
+                print(f"revoked {args.id}", file=sys.stderr)
+                return 0
+            print(f"error: no live key {args.id}", file=sys.stderr)
+            return 1
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    """``uploader token SUB``: an HS256 upload token signed with UPLOADER_JWT_SECRET."""
+    from uploader.auth.principal import parse_scopes
+    from uploader.auth.tokens import mint_token
+    from uploader.client.commands import parse_duration, parse_size
+
+    if settings.jwt_secret is None:
+        print("error: set UPLOADER_JWT_SECRET, the key tokens are signed with", file=sys.stderr)
+        return 2
+    try:
+        scopes = parse_scopes(" ".join(args.scope)) if args.scope else None
+        metadata = dict(pair.split("=", 1) for pair in args.metadata)
+        token = mint_token(
+            settings.jwt_secret.get_secret_value(),
+            args.subject,
+            ttl=parse_duration(args.ttl),
+            scopes=scopes,
+            max_size=parse_size(args.max_size) if args.max_size else None,
+            types=args.types.split(",") if args.types else None,
+            max_files=args.max_files,
+            metadata=metadata or None,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def _access_commands(commands: Any) -> None:
+    keys = commands.add_parser("keys", help="API keys kept in the database")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="make a key; prints it once")
+    create.add_argument("name", help="what the key is for")
+    create.add_argument("--principal", help="whose uploads it makes (default: the name)")
+    create.add_argument(
+        "--scope", action="append", help="upload, read, delete, admin (default: the first three)"
+    )
+    create.add_argument("--quota-bytes", type=int, help="bytes its principal may hold")
+    create.add_argument("--quota-active-uploads", type=int, help="unfinished uploads at once")
+    key_commands.add_parser("list", help="every key, as JSON lines (never the key itself)")
+    revoke = key_commands.add_parser("revoke", help="revoke a key (every process within seconds)")
+    revoke.add_argument("id", help="the key's id, as `keys list` shows it")
+    token = commands.add_parser("token", help="mint an HS256 upload token (UPLOADER_JWT_SECRET)")
+    token.add_argument("subject", metavar="SUB", help="the principal the token acts for")
+    token.add_argument("--ttl", default="1h", help="lifetime, e.g. 90s, 15m, 1h, 7d (default 1h)")
+    token.add_argument("--scope", action="append", help="upload, read, delete, admin (default: upload read)")
+    token.add_argument("--max-size", help="bytes per file, e.g. 10MiB")
+    token.add_argument("--types", help="media type patterns, comma-separated: image/*,application/pdf")
+    token.add_argument("--max-files", type=int, help="files the token may make")
+    token.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="forced metadata")
+
+
 CLIENT_COMMANDS = {"upload", "status", "watch", "download"}
 
 
@@ -188,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands.add_parser("beat", help="run the periodic jobs (expiry, resending lost work)")
     commands.add_parser("ping-worker", help="exit 0 when this host's worker answers (health checks)")
     _client_commands(commands)
+    _access_commands(commands)
     args = parser.parse_args(argv)
     if args.command in CLIENT_COMMANDS:
         sys.exit(_run_client(args))
@@ -202,4 +324,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(_beat(settings))
     if args.command == "ping-worker":
         sys.exit(_ping_worker(settings))
+    if args.command == "keys":
+        sys.exit(_keys(settings, args))
+    if args.command == "token":
+        sys.exit(_token(settings, args))
     sys.exit(_migrate(settings))

@@ -13,6 +13,8 @@ from uploader.events.bus import EventBus, LocalEventBus
 from uploader.processing.base import Processor
 from uploader.processing.embedded import EmbeddedProcessor
 from uploader.processing.pipeline import Pipeline
+from uploader.quotas.admission import Admission
+from uploader.quotas.rate import RateLimits
 from uploader.settings import Settings
 from uploader.storage.base import UploadStore
 from uploader.storage.registry import build_store
@@ -33,7 +35,9 @@ class Runtime:
     processor: Processor | None
 
     @classmethod
-    async def start(cls, settings: Settings, *, serves_requests: bool = True) -> Runtime:
+    async def start(
+        cls, settings: Settings, *, serves_requests: bool = True, rates: RateLimits | None = None
+    ) -> Runtime:
         """``serves_requests``: the API process (it may run the pipeline itself); a worker
         process only runs what its tasks ask for."""
         queued_processor: Processor | None = None
@@ -71,7 +75,10 @@ class Runtime:
         if serves_requests:  # a worker process runs what its tasks ask for, nothing more
             embedded = settings.processing == "embedded"
             processor = EmbeddedProcessor(settings, db, pipeline) if embedded else queued_processor
-        service = UploadService(settings, db, store, locker, processor=processor, events=events)
+        admission = Admission(settings, rates or RateLimits(settings))
+        service = UploadService(
+            settings, db, store, locker, processor=processor, events=events, admission=admission
+        )
         return cls(settings, db, store, events, locker, pipeline, service, processor)
 
     async def close(self) -> None:

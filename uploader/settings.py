@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -126,7 +126,38 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default=["*"], description="Origins allowed to call the API.")
     api_keys: dict[str, str] = Field(
         default_factory=dict,
-        description='API key -> principal name, e.g. {"k3y": "alice"}. Empty: anonymous access.',
+        description='Bootstrap API keys: key -> principal name, e.g. {"k3y": "alice"} (scopes '
+        "upload, read, delete). Keys made with `uploader keys create` live in the database.",
+    )
+    auth_required: bool | None = Field(
+        default=None,
+        description="Whether callers must present a key or token; unset means yes once any "
+        "key (bootstrap or in the database) or JWT key is configured, anonymous otherwise.",
+    )
+    api_key_cache_seconds: float = Field(
+        default=5.0, ge=0, description="How long a process trusts a key it looked up (revocation delay)."
+    )
+    jwt_secret: SecretStr | None = Field(default=None, description="HS256 key of upload tokens.")
+    jwt_jwks_url: str | None = Field(default=None, description="JWKS URL of RS256/ES256 token keys.")
+    jwt_jwks_cache_seconds: float = Field(default=300.0, gt=0, description="JWKS kept this long.")
+    jwt_issuer: str | None = Field(default=None, description="Tokens must carry this iss, when set.")
+    jwt_audience: str | None = Field(default=None, description="Tokens must carry this aud, when set.")
+    jwt_leeway_seconds: float = Field(default=30.0, ge=0, description="Clock skew allowed on exp and nbf.")
+    quota_bytes: int | None = Field(
+        default=None, gt=0, description="Bytes one principal may hold (declared lengths count at once)."
+    )
+    quota_active_uploads: int | None = Field(
+        default=None, gt=0, description="Unfinished uploads one principal may have at once."
+    )
+    rate_limit_create: str | None = Field(
+        default=None, description="Creations per principal, e.g. 60/minute (the `limits` notation)."
+    )
+    rate_limit_ip: str | None = Field(
+        default=None, description="Requests per client address, e.g. 1200/minute."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description='Addresses or networks whose X-Forwarded-For is believed, e.g. ["10.0.0.0/8"].',
     )
     tus_path: str = "/files/"
     public_url: str | None = Field(
@@ -170,10 +201,35 @@ class Settings(BaseSettings):
     def _slashes(cls, value: str) -> str:
         return "/" + value.strip("/") + "/"
 
+    @field_validator("rate_limit_create", "rate_limit_ip")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value:
+            from limits import parse
+
+            try:
+                parse(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a rate such as 60/minute") from None
+        return value or None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # a ValueError names the bad one
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.processing == "celery" and not self.redis_url:
             raise ValueError("UPLOADER_PROCESSING=celery needs UPLOADER_REDIS_URL (the broker)")
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value().encode()) < 32:
+            raise ValueError(
+                "UPLOADER_JWT_SECRET must be at least 32 bytes (RFC 7518: HS256 keys have 256 bits)"
+            )
         if self.webhook_url and not self.webhook_secret:
             raise ValueError("UPLOADER_WEBHOOK_URL needs UPLOADER_WEBHOOK_SECRET to sign deliveries")
         names = [variant.name for variant in self.variants]

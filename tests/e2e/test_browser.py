@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import IN_CI
 from tests.images import jpeg
-from tests.support import LiveServer, random_file
+from tests.support import LiveServer, metadata, random_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("browser")]
 VENDOR = Path(__file__).resolve().parents[2] / "uploader" / "web" / "static" / "vendor" / "uppy"
@@ -187,3 +187,101 @@ def test_forms_from_a_browser_plain_html_and_uppy_xhr_upload(
     stored = httpx.get(f"{live_server.url}{uploaded['links']['content']}").content
     assert stored == first.read_bytes()
     page.close()
+
+
+# --------------------------------------------------------------------------- the console
+
+
+@pytest.fixture
+def token_server(tmp_path: Path) -> Iterator[LiveServer]:
+    """A server that requires tokens (HS256)."""
+    from tests.auth.tokens import SECRET
+    from tests.support import start_server
+
+    server = start_server(
+        tmp_path / "tokens", UPLOADER_JWT_SECRET=SECRET, UPLOADER_QUOTA_BYTES=str(64 * 1024 * 1024)
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _console(browser: Any, server: LiveServer, token: str) -> tuple[Any, list[str], list[str]]:
+    page = browser.new_page()
+    errors: list[str] = []
+    requests: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(f"{server.url}/?token={token}")
+    page.wait_for_function("() => document.body.dataset.ready === 'true'", timeout=15_000)
+    return page, errors, requests
+
+
+def test_the_console_lists_follows_and_deletes_with_a_token(
+    token_server: LiveServer, browser: Any, tmp_path: Path
+) -> None:
+    from tests.auth.tokens import bearer, hs256
+
+    token = hs256("yara", scope="upload read delete")
+    # Uploads made before the page was opened, by another client: 23, so a page of 20 and "more".
+    for index in range(23):
+        created = httpx.post(
+            token_server.tus_url,
+            headers={
+                "Tus-Resumable": "1.0.0",
+                "Upload-Length": "4",
+                "Content-Type": "application/offset+octet-stream",
+                "Upload-Metadata": metadata(filename=f"old-{index}.txt"),
+                **bearer(token),
+            },
+            content=b"abcd",
+        )
+        assert created.status_code == 201, created.text
+    photo = tmp_path / "harbour.jpg"
+    photo.write_bytes(jpeg(800, 600))
+    page, errors, requests = _console(browser, token_server, token)
+    assert "yara" in page.locator("#whoami").inner_text()
+    cards = page.locator("#uploads li")
+    assert cards.count() == 20
+    assert cards.first.locator(".name").inner_text() == "old-22.txt"  # newest first
+    page.locator("#more").click()
+    page.wait_for_function("() => document.querySelectorAll('#uploads li').length === 23")
+    assert page.locator("#more").is_hidden()
+    # An upload from the page's own Dashboard, followed live to ready with its thumbnail.
+    page.locator(".uppy-Dashboard-input").first.set_input_files(str(photo))
+    page.locator(".uppy-StatusBar-actionBtn--upload").click()
+    ready = page.locator('#uploads li[data-state="ready"]', has_text="harbour.jpg")
+    ready.wait_for(timeout=30_000)
+    ready.locator("img.thumbnail").wait_for(timeout=10_000)
+    assert "image/jpeg" in ready.locator(".facts").inner_text()
+    assert any("/api/v1/events?access_token=" in url for url in requests)
+    download = ready.locator("a.download").get_attribute("href")
+    assert download is not None
+    assert httpx.get(f"{token_server.url}{download}").content == photo.read_bytes()
+    # After a reload the server's list still has it: not only this page's uploads.
+    page.reload()
+    page.wait_for_function("() => document.body.dataset.ready === 'true'")
+    again = page.locator("#uploads li", has_text="harbour.jpg")
+    again.wait_for(timeout=10_000)
+    upload_id = again.get_attribute("data-upload-id")
+    again.locator("button.delete").click()
+    again.wait_for(state="detached", timeout=10_000)
+    status = httpx.get(f"{token_server.url}/api/v1/uploads/{upload_id}", headers=bearer(token))
+    assert status.status_code == 404
+    page.reload()
+    page.wait_for_function("() => document.body.dataset.ready === 'true'")
+    assert page.locator("#uploads li", has_text="harbour.jpg").count() == 0
+    assert errors == []
+    page.close()
+    # A token without the delete scope sees no delete button.
+    reader, _, _ = _console(browser, token_server, hs256("yara"))
+    assert reader.locator("#uploads li").count() == 20
+    assert reader.locator("#uploads button.delete").count() == 0
+    reader.close()
+    # Without a token the page says what it needs.
+    bare = browser.new_page()
+    bare.goto(f"{token_server.url}/")
+    bare.wait_for_function("() => document.body.dataset.ready === 'true'")
+    assert "token" in bare.locator("#notice").inner_text()
+    bare.close()

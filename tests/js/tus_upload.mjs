@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Upload one file to a tus 1.0 server with tus-js-client (the Node build).
 //
-//   node tus_upload.mjs ENDPOINT FILE [--chunk-size N] [--parallel N] [--protocol P] [--metadata k=v ...]
+//   node tus_upload.mjs ENDPOINT FILE [--chunk-size N] [--parallel N] [--protocol P] [--header k=v] [--metadata k=v ...]
 //
 // --protocol is tus-js-client's: tus-v1 (default), ietf-draft-03 or ietf-draft-05.
 //
@@ -18,7 +18,7 @@ import process from 'node:process'
 import * as tus from 'tus-js-client'
 
 const USAGE =
-  'usage: node tus_upload.mjs ENDPOINT FILE [--chunk-size N] [--parallel N] [--protocol P] [--metadata k=v ...]'
+  'usage: node tus_upload.mjs ENDPOINT FILE [--chunk-size N] [--parallel N] [--protocol P] [--header k=v] [--metadata k=v ...]'
 
 function fail(message) {
   process.stderr.write(`${message}\n`)
@@ -33,7 +33,7 @@ function positiveInt(flag, value) {
 
 function parseArgs(argv) {
   const positional = []
-  const options = { chunkSize: Number.POSITIVE_INFINITY, parallel: 1, protocol: 'tus-v1', metadata: {} }
+  const options = { chunkSize: Number.POSITIVE_INFINITY, parallel: 1, protocol: 'tus-v1', metadata: {}, headers: {} }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]
     const needValue = () => {
@@ -46,6 +46,11 @@ function parseArgs(argv) {
       options.parallel = positiveInt(arg, needValue())
     } else if (arg === '--protocol') {
       options.protocol = needValue()
+    } else if (arg === '--header') {
+      const pair = needValue()
+      const eq = pair.indexOf('=')
+      if (eq < 1) fail(`--header expects name=value, got ${pair}\n${USAGE}`)
+      options.headers[pair.slice(0, eq)] = pair.slice(eq + 1)
     } else if (arg === '--metadata') {
       // Take every following k=v word until the next flag.
       let taken = 0
@@ -70,7 +75,7 @@ function parseArgs(argv) {
   return { endpoint: positional[0], file: positional[1], ...options }
 }
 
-function upload({ endpoint, file, chunkSize, parallel, protocol, metadata }) {
+function upload({ endpoint, file, chunkSize, parallel, protocol, metadata, headers }) {
   return new Promise((resolve, reject) => {
     const size = fs.statSync(file).size
     const input = fs.createReadStream(file)
@@ -80,6 +85,7 @@ function upload({ endpoint, file, chunkSize, parallel, protocol, metadata }) {
       protocol,
       parallelUploads: parallel,
       metadata,
+      headers,
       // Each partial upload of a parallel upload gets the filename too, so the
       // server sees something useful for the parts as well.
       metadataForPartialUploads: parallel > 1 ? { ...metadata } : {},

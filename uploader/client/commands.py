@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -48,6 +49,14 @@ def parse_size(text: str) -> int:
         raise ValueError(f"not a size: {text!r} (e.g. 8MiB, 512KiB, 1048576)")
     unit = (match.group(2) or "B").upper().rstrip("B").rstrip("I")
     return int(match.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[unit]
+
+
+def parse_duration(text: str) -> timedelta:
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text, re.IGNORECASE)
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"not a duration: {text!r} (e.g. 90s, 15m, 1h, 7d)")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2).lower()]
+    return timedelta(seconds=int(match.group(1)) * unit)
 
 
 def upload_id_of(text: str) -> str:

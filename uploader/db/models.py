@@ -111,8 +111,41 @@ uploads = Table(
     # Whether that writer's write is still open: set when it claimed the row, cleared by
     # the record that ends its write. Left set, the writer died or lost its lock mid-write.
     Column("writer_active", Boolean, nullable=False, server_default=false()),
+    # Limits of the upload token that made it: media type patterns its detected type must
+    # match, and bytes at most (for a length declared later).
+    Column("allowed_types", JSON, nullable=True),
+    Column("size_limit", BigInteger, nullable=True),
+    # Its bytes were removed although the row stays (a type the token did not allow):
+    # they no longer count against the owner's quota, and downloads are refused.
+    Column("bytes_removed", Boolean, nullable=False, server_default=false()),
     # Pruning tombstones: terminated and expired rows by age.
     Index("ix_uploads_state_updated_at", "state", "updated_at"),
+    # Quota: what an owner holds.
+    Index("ix_uploads_owner_state", "owner", "state"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("principal", String(200), nullable=False),
+    # SHA-256 of the key: the key itself is shown once, when it is made, and never kept.
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("scopes", String(200), nullable=False),
+    Column("quota_bytes", BigInteger, nullable=True),
+    Column("quota_active_uploads", Integer, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+# Files made with each upload token that limits them (by the token's ``jti``).
+token_uses = Table(
+    "token_uses",
+    metadata,
+    Column("jti", String(255), primary_key=True),
+    Column("used", Integer, nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False, index=True),
 )
 
 
@@ -144,6 +177,9 @@ class Upload:
     completed_at: datetime | None = None
     writer_generation: int = 0
     writer_active: bool = False
+    allowed_types: list[str] | None = None
+    size_limit: int | None = None
+    bytes_removed: bool = False
     seq: int | None = None
 
     @property

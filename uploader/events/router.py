@@ -8,11 +8,11 @@ from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from uploader.auth.dependencies import Principal, current_principal
+from uploader.auth.dependencies import Reading
 from uploader.db.models import UploadState
 from uploader.events.bus import Event, EventBus
 from uploader.kit.errors import ProblemError
@@ -137,22 +137,24 @@ def _response(
 async def upload_events(
     request: Request,
     upload_id: str,
-    principal: Principal = Depends(current_principal),
+    principal: Reading,
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
     since: str | None = Query(None, description="Last-Event-ID for clients that cannot set headers"),
 ) -> StreamingResponse:
     """One upload's events as Server-Sent Events; the stream ends when the upload does."""
-    upload = await service_of(request).get(principal.name, checked_upload_id(upload_id), allow_gone=True)
+    upload = await service_of(request).get(
+        principal.owner_filter, checked_upload_id(upload_id), allow_gone=True
+    )
     if upload.state == UploadState.TERMINATED:
         raise ProblemError("upload.not_found")
     finished = upload.state if upload.state in FINISHED else None
-    return _response(request, principal.name, upload.id, _after(last_event_id or since), finished)
+    return _response(request, upload.owner, upload.id, _after(last_event_id or since), finished)
 
 
 @router.get("/events")
 async def all_events(
     request: Request,
-    principal: Principal = Depends(current_principal),
+    principal: Reading,
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
     since: str | None = Query(None, description="Last-Event-ID for clients that cannot set headers"),
 ) -> StreamingResponse:

@@ -10,10 +10,32 @@ so every line has one shape.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, TextIO
 
 import structlog
+
+# Credentials never reach a log line: a token in a query string (an access log's path),
+# an API key or a JWT anywhere in a value.
+_CREDENTIALS = (
+    (re.compile(r"(access_token=)[^&\s\"']+"), r"\1[redacted]"),
+    (re.compile(r"\b(upk_[0-9a-f]{12}_)[A-Za-z0-9_-]+"), r"\1[redacted]"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
+)
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _CREDENTIALS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_credentials(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    for key, value in event_dict.items():
+        if isinstance(value, str) and ("access_token=" in value or "upk_" in value or "eyJ" in value):
+            event_dict[key] = redact(value)
+    return event_dict
 
 
 def configure_logging(level: str = "info", json_lines: bool | None = None) -> None:
@@ -32,6 +54,7 @@ def configure_logging(level: str = "info", json_lines: bool | None = None) -> No
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact_credentials,
     ]
     structlog.configure(
         processors=[*shared, *exceptions, renderer],

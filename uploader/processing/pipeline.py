@@ -22,12 +22,13 @@ from typing import Any
 
 import sqlalchemy.exc
 
+from uploader.auth.principal import type_allowed
 from uploader.db.engine import Database
 from uploader.db.models import Upload, UploadState, utcnow
 from uploader.events.bus import EventBus
 from uploader.kit.logging import get_logger
 from uploader.settings import Settings
-from uploader.storage.base import StorageUnavailable, UploadStore
+from uploader.storage.base import StorageUnavailable, TerminatableUpload, UploadStore
 from uploader.uploads import repository
 from uploader.uploads.service import event_data
 from workers.steps import IMAGE_TYPES, SNIFF_BYTES, sha256_of, sniff, types_agree
@@ -57,9 +58,10 @@ class StepResult:
 class StepFailed(Exception):
     """A step that cannot succeed for this upload; ``reason`` is shown to users."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, remove_bytes: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.remove_bytes = remove_bytes  # what arrived must not be kept (a refused type)
 
 
 class Pipeline:
@@ -104,7 +106,7 @@ class Pipeline:
         except TRANSIENT_ERRORS:
             raise
         except StepFailed as exc:
-            await self.fail(upload_id, exc.reason)
+            await self.fail(upload_id, exc.reason, remove_bytes=exc.remove_bytes)
             return UploadState.FAILED
         except TimeoutError:
             limit = self.settings.task_soft_time_limit_seconds
@@ -128,8 +130,8 @@ class Pipeline:
         variants. The caller records them with the completion (the upload is ready at once)
         and then calls ``announce_processed``. None: the upload needs a full run."""
         detected = self._detect(upload, head)
-        if detected in IMAGE_TYPES:
-            return None
+        if detected in IMAGE_TYPES or not self._allowed(upload, detected):
+            return None  # a full run, which makes the variants (or refuses the type)
         now = utcnow().isoformat()
         steps = {name: {"state": "done", "seconds": 0.0} for name in self.steps}
         steps["variants"]["state"] = "skipped"
@@ -155,16 +157,24 @@ class Pipeline:
             await self.store.delete_derived(upload.storage_key)
         return current.state if current is not None else None
 
-    async def fail(self, upload_id: str, reason: str) -> bool:
-        """End a received or processing upload in ``failed``; False if it was elsewhere."""
+    async def fail(self, upload_id: str, reason: str, *, remove_bytes: bool = False) -> bool:
+        """End a received or processing upload in ``failed``; False if it was elsewhere.
+        ``remove_bytes``: its bytes go too (recorded first, as a removal is)."""
         upload = await self.db.run(lambda s: repository.get(s, upload_id))
         if upload is None:
             return False
+        removal = {"bytes_removed": True} if remove_bytes else {}
         for state in (UploadState.PROCESSING, UploadState.RECEIVED):
             if upload.state == state and await self._advance(
-                upload, state, state=UploadState.FAILED, failure_reason=reason[:2000]
+                upload, state, state=UploadState.FAILED, failure_reason=reason[:2000], **removal
             ):
-                log.warning("processing.failed", upload_id=upload_id, reason=reason)
+                log.warning(
+                    "processing.failed", upload_id=upload_id, reason=reason, bytes_removed=remove_bytes
+                )
+                if remove_bytes:
+                    stored = await self.store.find(upload.storage_key)
+                    if isinstance(stored, TerminatableUpload):
+                        await stored.terminate()
                 await self._publish(upload, "upload.failed")
                 return True
         return False
@@ -196,7 +206,19 @@ class Pipeline:
 
     async def _sniff(self, upload: Upload) -> StepResult:
         head = await self._read(upload, 0, min(SNIFF_BYTES, upload.length or 0))
-        return StepResult({"detected_type": self._detect(upload, head)})
+        detected = self._detect(upload, head)
+        if not self._allowed(upload, detected):
+            # The declared type passed at creation; what the bytes are did not.
+            allowed = ", ".join(upload.allowed_types or [])
+            raise StepFailed(
+                f"upload.type_not_allowed: the file is {detected}, not among the token's types ({allowed})",
+                remove_bytes=True,
+            )
+        return StepResult({"detected_type": detected})
+
+    @staticmethod
+    def _allowed(upload: Upload, detected: str) -> bool:
+        return upload.allowed_types is None or type_allowed(detected, tuple(upload.allowed_types))
 
     @staticmethod
     def _detect(upload: Upload, head: bytes) -> str:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
-from uploader.auth.dependencies import Principal, current_principal
+from uploader.auth.dependencies import CurrentPrincipal
+from uploader.auth.principal import Principal
 from uploader.kit.errors import ProblemError
 from uploader.protocols.form_reader import FormReader
 from uploader.storage.base import RunningDigest, StoredUpload, TerminatableUpload, WriteProgress
@@ -29,18 +30,22 @@ MAX_FILES = 100
 
 
 @router.post("", status_code=201, responses={201: {"description": "The created uploads"}})
-async def upload_form(request: Request, principal: Principal = Depends(current_principal)) -> JSONResponse:
+async def upload_form(request: Request, principal: CurrentPrincipal) -> JSONResponse:
     """Upload one or more files as ``multipart/form-data`` (``curl -F file=@photo.jpg``).
 
     Other form fields become metadata of every file of the request. Processing starts
     as for tus uploads."""
     service = service_of(request)
+    # The rate, the scope and the token's forced metadata, before a byte is read; its
+    # size and types apply per file as each part begins; its files and the quota when
+    # the form is recorded.
+    admitted = await service.admission.admit(principal, None, {}, per_file=True)
     reader = FormReader(request.headers.get("content-type"), request.stream())
     stored: list[StoredUpload] = []
     # Storage failures reach the error handlers (503 storage.unavailable, 507 storage.full).
     try:
-        files = await _receive(service, reader, stored)
-        uploads = await service.add_received(principal.name, files)
+        files = await _receive(service, reader, stored, principal)
+        uploads = await service.add_received(principal, files, admitted)
     except BaseException:
         for leftover in stored:  # nothing of a failed form stays behind
             if isinstance(leftover, TerminatableUpload):
@@ -53,17 +58,18 @@ async def upload_form(request: Request, principal: Principal = Depends(current_p
 
 
 async def _receive(
-    service: UploadService, reader: FormReader, stored: list[StoredUpload]
+    service: UploadService, reader: FormReader, stored: list[StoredUpload], principal: Principal
 ) -> list[ReceivedFile]:
     fields: dict[str, str] = {}
     files: list[ReceivedFile] = []
-    limit = service.settings.max_upload_size
+    limit = service.admission.max_size_of(principal, service.settings.max_upload_size)
     while (part := await reader.next_part()) is not None:
         if part.filename is None:
             fields[part.name] = await reader.field_value()
             continue
         if len(files) >= MAX_FILES:
             raise ProblemError("form.too_many_parts", f"more than {MAX_FILES} files in one form")
+        service.admission.check_type(principal, part.content_type)
         key = new_storage_key()
         target = await service.store.create(key, None)
         stored.append(target)

@@ -19,7 +19,7 @@ import urllib.parse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from uploader.auth.dependencies import Principal
+from uploader.auth.principal import Principal
 from uploader.db.models import Upload
 from uploader.kit.errors import ProblemError
 from uploader.protocols.tus_headers import parse_metadata
@@ -117,7 +117,7 @@ async def create(request: Request, principal: Principal, version: str, location:
             raise ProblemError("ietf.inconsistent_length", "Upload-Length and Content-Length disagree")
         length = content_length
     try:
-        upload = await service.create(principal.name, length, _metadata(request))
+        upload = await service.create(principal, length, _metadata(request))
     except ProblemError as exc:
         if exc.code == "upload.too_large":  # the draft wants the limits with a 413
             exc.headers["Upload-Limit"] = _limits(request, version)

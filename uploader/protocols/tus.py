@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from email.utils import format_datetime
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from uploader.auth.dependencies import Principal, current_principal
+from uploader.auth.dependencies import CurrentPrincipal
+from uploader.auth.principal import DELETE, READ, UPLOAD
 from uploader.db.models import ConcatRole, Upload
 from uploader.downloads.responses import content_response
 from uploader.kit.errors import ProblemError
@@ -93,8 +94,9 @@ def build_tus_router(tus_path: str) -> APIRouter:
         )
 
     @router.post(collection, status_code=201)
-    async def create(request: Request, principal: Principal = Depends(current_principal)) -> Response:
+    async def create(request: Request, principal: CurrentPrincipal) -> Response:
         """Create an upload (optionally with its first bytes, or as a concatenation)."""
+        principal.require(UPLOAD)
         if version := ietf.interop_version(request):
             return await ietf.create(request, principal, version, location_of_id(request))
         require_tus(request)
@@ -109,7 +111,7 @@ def build_tus_router(tus_path: str) -> APIRouter:
         if concat is not None and concat[0] == "final":
             if with_body:
                 raise ProblemError("upload.final_immutable", "a final upload takes no body")
-            upload = await service.create_final(principal.name, concat[1], meta)
+            upload = await service.create_final(principal, concat[1], meta)
             return Response(
                 status_code=201,
                 headers={**upload_headers(upload, tus_path), "Location": location_of(request, upload)},
@@ -124,7 +126,7 @@ def build_tus_router(tus_path: str) -> APIRouter:
             raise ProblemError("tus.header_invalid", "send Upload-Length or Upload-Defer-Length, not both")
         checksum = parse_checksum(headers.get("upload-checksum")) if with_body else None
         role = ConcatRole.PARTIAL if concat is not None else ConcatRole.NONE
-        upload = await service.create(principal.name, length, meta, role)
+        upload = await service.create(principal, length, meta, role)
         if with_body:
             body = RequestBody(request.stream(), limit=0)
             try:
@@ -146,10 +148,9 @@ def build_tus_router(tus_path: str) -> APIRouter:
         )
 
     @router.head(resource)
-    async def head(
-        request: Request, upload_id: str, principal: Principal = Depends(current_principal)
-    ) -> Response:
+    async def head(request: Request, upload_id: str, principal: CurrentPrincipal) -> Response:
         """The upload's offset, length and metadata."""
+        principal.require(UPLOAD, READ)
         if version := ietf.interop_version(request):
             return await ietf.head(request, principal, version, upload_id)
         require_tus(request)
@@ -157,10 +158,9 @@ def build_tus_router(tus_path: str) -> APIRouter:
         return Response(status_code=200, headers=upload_headers(upload, tus_path))
 
     @router.patch(resource, status_code=204)
-    async def append(
-        request: Request, upload_id: str, principal: Principal = Depends(current_principal)
-    ) -> Response:
+    async def append(request: Request, upload_id: str, principal: CurrentPrincipal) -> Response:
         """Append bytes at Upload-Offset."""
+        principal.require(UPLOAD)
         if version := ietf.interop_version(request):
             return await ietf.append(request, principal, version, upload_id)
         require_tus(request)
@@ -189,25 +189,27 @@ def build_tus_router(tus_path: str) -> APIRouter:
         return Response(status_code=204, headers=response_headers)
 
     @router.delete(resource, status_code=204)
-    async def terminate(
-        request: Request, upload_id: str, principal: Principal = Depends(current_principal)
-    ) -> Response:
-        """Terminate the upload and remove its bytes."""
+    async def terminate(request: Request, upload_id: str, principal: CurrentPrincipal) -> Response:
+        """Terminate the upload and remove its bytes (a finished one: with the delete scope)."""
+        principal.require(UPLOAD, DELETE)
         version = ietf.interop_version(request)
         if version is None:
             require_tus(request)
-        await service_of(request).terminate(principal.name, checked_upload_id(upload_id))
+        await service_of(request).terminate(
+            principal.name, checked_upload_id(upload_id), may_delete_finished=principal.has(DELETE)
+        )
         if version is not None:
             return Response(status_code=204, headers={"Upload-Draft-Interop-Version": version})
         return Response(status_code=204, headers={"Tus-Resumable": TUS_VERSION})
 
     @router.get(resource)
-    async def download(
-        request: Request, upload_id: str, principal: Principal = Depends(current_principal)
-    ) -> Response:
+    async def download(request: Request, upload_id: str, principal: CurrentPrincipal) -> Response:
         """The uploaded bytes (as the content endpoint serves them)."""
+        principal.require(READ)
         service = service_of(request)
-        upload = await service.get(principal.name, checked_upload_id(upload_id))
+        upload = await service.get(principal.owner_filter, checked_upload_id(upload_id))
+        if upload.bytes_removed:
+            raise ProblemError("upload.rejected", f"its bytes were removed: {upload.failure_reason}")
         return await content_response(request, upload, service.store)
 
     return router

@@ -168,13 +168,13 @@ def prune_tombstones(connection: Connection, before: datetime, limit: int) -> li
     return [(row.id, row.owner) for row in rows]
 
 
-def page_for_owner(connection: Connection, owner: str, before_seq: int | None, limit: int) -> list[Upload]:
-    query = (
-        select(_uploads)
-        .where(_c.owner == owner, _c.concat_role != ConcatRole.PARTIAL)
-        .order_by(_c.seq.desc())
-        .limit(limit)
-    )
+def page_for_owner(
+    connection: Connection, owner: str | None, before_seq: int | None, limit: int
+) -> list[Upload]:
+    """Newest first; ``owner`` None: everyone's."""
+    query = select(_uploads).where(_c.concat_role != ConcatRole.PARTIAL).order_by(_c.seq.desc()).limit(limit)
+    if owner is not None:
+        query = query.where(_c.owner == owner)
     if before_seq is not None:
         query = query.where(_c.seq < before_seq)
     return _uploads_of(connection, query)

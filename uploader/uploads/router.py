@@ -1,13 +1,14 @@
-"""Status API: ``GET /api/v1/uploads`` and ``GET /api/v1/uploads/{id}``."""
+"""Status API: ``GET /api/v1/uploads``, ``GET`` and ``DELETE /api/v1/uploads/{id}``."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
-from uploader.auth.dependencies import Principal, current_principal
+from uploader.auth.dependencies import Deleting, Reading, Uploading
+from uploader.auth.principal import ADMIN
 from uploader.kit.errors import ProblemError
 from uploader.uploads.dependencies import checked_upload_id, service_of
 from uploader.uploads.schemas import UploadPage, UploadStatus
@@ -32,13 +33,18 @@ def decode_cursor(cursor: str) -> int:
 @router.get("", response_model=UploadPage)
 async def list_uploads(
     request: Request,
-    principal: Principal = Depends(current_principal),
+    principal: Reading,
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = Query(None, max_length=64),
+    owner: str | None = Query(None, max_length=200, description="Whose uploads (admin scope); all: '*'."),
 ) -> UploadPage:
-    """The caller's uploads, newest first, a page at a time."""
+    """The caller's uploads, newest first, a page at a time. With the admin scope: all
+    uploads, or one principal's with ``owner``."""
+    if owner is not None:
+        principal.require(ADMIN)
+    whose = principal.owner_filter if owner in (None, "*") else owner
     before = decode_cursor(cursor) if cursor else None
-    uploads = await service_of(request).list_page(principal.name, before, limit + 1)
+    uploads = await service_of(request).list_page(whose, before, limit + 1)
     tus_path = request.app.state.settings.tus_path
     items = [UploadStatus.of(u, tus_path) for u in uploads[:limit]]
     last_seq = uploads[limit - 1].seq if len(uploads) > limit else None
@@ -47,21 +53,24 @@ async def list_uploads(
 
 
 @router.get("/{upload_id}", response_model=UploadStatus)
-async def upload_status(
-    request: Request, upload_id: str, principal: Principal = Depends(current_principal)
-) -> UploadStatus:
+async def upload_status(request: Request, upload_id: str, principal: Reading) -> UploadStatus:
     """One upload's state, progress, metadata and links."""
     service = service_of(request)
-    upload = await service.get(principal.name, checked_upload_id(upload_id), allow_gone=True)
+    upload = await service.get(principal.owner_filter, checked_upload_id(upload_id), allow_gone=True)
     if upload.state == "terminated":
         raise ProblemError("upload.not_found")
     return UploadStatus.of(upload, request.app.state.settings.tus_path)
 
 
 @router.post("/{upload_id}/reprocess", response_model=UploadStatus, status_code=202)
-async def reprocess_upload(
-    request: Request, upload_id: str, principal: Principal = Depends(current_principal)
-) -> UploadStatus:
+async def reprocess_upload(request: Request, upload_id: str, principal: Uploading) -> UploadStatus:
     """Run processing again (after a failure, or with changed variant settings)."""
-    upload = await service_of(request).reprocess(principal.name, checked_upload_id(upload_id))
+    upload = await service_of(request).reprocess(principal.owner_filter, checked_upload_id(upload_id))
     return UploadStatus.of(upload, request.app.state.settings.tus_path)
+
+
+@router.delete("/{upload_id}", status_code=204)
+async def delete_upload(request: Request, upload_id: str, principal: Deleting) -> Response:
+    """Delete an upload, finished or not, with its bytes and variants."""
+    await service_of(request).terminate(principal.owner_filter, checked_upload_id(upload_id))
+    return Response(status_code=204)

@@ -17,12 +17,15 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
+from uploader.auth.principal import Principal
 from uploader.db.engine import Database
 from uploader.db.models import ConcatRole, Upload, UploadState, utcnow
 from uploader.events.bus import EventBus, LocalEventBus
 from uploader.kit.errors import DependencyUnavailable, ProblemError
 from uploader.kit.logging import get_logger
 from uploader.processing.base import Processor
+from uploader.quotas.admission import Admission, Admitted, prune_token_uses
+from uploader.quotas.rate import RateLimits
 from uploader.settings import Settings
 from uploader.storage.base import (
     AlreadyFinished,
@@ -101,8 +104,10 @@ class UploadService:
         locker: UploadLocker,
         processor: Processor | None = None,
         events: EventBus | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.settings = settings
+        self.admission = admission or Admission(settings, RateLimits(settings))
         self.events: EventBus = events or LocalEventBus()
         self.db = db
         self.store = store
@@ -140,10 +145,11 @@ class UploadService:
 
     # -- reading ---------------------------------------------------------------
 
-    async def get(self, owner: str, upload_id: str, *, allow_gone: bool = False) -> Upload:
-        """The caller's upload; another principal's upload is indistinguishable from none."""
+    async def get(self, owner: str | None, upload_id: str, *, allow_gone: bool = False) -> Upload:
+        """The caller's upload; another principal's upload is indistinguishable from none.
+        ``owner`` None: anyone's (an administrator)."""
         upload = await self.db.run(lambda s: repository.get(s, upload_id))
-        if upload is None or upload.owner != owner:
+        if upload is None or (owner is not None and upload.owner != owner):
             raise ProblemError("upload.not_found")
         if not allow_gone:
             self._ensure_live(upload)
@@ -171,7 +177,7 @@ class UploadService:
         self._ensure_live(fresh)
         return fresh
 
-    async def get_settled(self, owner: str, upload_id: str) -> Upload:
+    async def get_settled(self, owner: str | None, upload_id: str) -> Upload:
         """The recorded upload, once a request writing to it was asked to stop and had a
         moment to record what it received (a client resuming after a lost connection).
         Takes no lock: a writer that does not let go (or died) delays this by seconds at
@@ -200,7 +206,7 @@ class UploadService:
     def _is_past_expiry(upload: Upload) -> bool:
         return upload.expires_at is not None and upload.expires_at <= utcnow()
 
-    async def list_page(self, owner: str, before_seq: int | None, limit: int) -> list[Upload]:
+    async def list_page(self, owner: str | None, before_seq: int | None, limit: int) -> list[Upload]:
         return await self.db.run(lambda s: repository.page_for_owner(s, owner, before_seq, limit))
 
     def _expiry_from_now(self) -> datetime:
@@ -208,21 +214,33 @@ class UploadService:
 
     # -- creating --------------------------------------------------------------
 
+    def size_limit(self, upload: Upload) -> int:
+        """The most bytes this upload may have: the server's maximum, or its token's."""
+        limit = self.settings.max_upload_size
+        return min(limit, upload.size_limit) if upload.size_limit is not None else limit
+
     async def create(
         self,
-        owner: str,
+        principal: Principal,
         length: int | None,
         meta: dict[str, str | None],
         concat_role: ConcatRole = ConcatRole.NONE,
         concat_parts: list[str] | None = None,
+        *,
+        admitted: Admitted | None = None,
     ) -> Upload:
+        """A new upload of ``principal``'s, within its limits (``admitted``: already
+        checked by the caller)."""
         if length is not None and length > self.settings.max_upload_size:
             raise ProblemError("upload.too_large", f"Upload-Length exceeds {self.settings.max_upload_size}")
+        if admitted is None:
+            admitted = await self.admission.admit(principal, length, meta)
+        meta = admitted.meta
         upload_id = new_upload_id()
         now = utcnow()
         upload = Upload(
             id=upload_id,
-            owner=owner,
+            owner=principal.name,
             state=UploadState.CREATED,
             length=length,
             offset=0,
@@ -238,9 +256,17 @@ class UploadService:
             updated_at=now,
             expires_at=self._expiry_from_now(),
             completed_at=None,
+            allowed_types=admitted.allowed_types,
+            size_limit=admitted.size_limit,
         )
         await self._storage(self.store.create(upload.storage_key, length))
-        await self.db.run(lambda s: repository.insert(s, upload))
+        try:
+            await self.db.run(
+                partial(self._insert_admitted, principal=principal, admitted=admitted, new=[upload])
+            )
+        except ProblemError:
+            await self._discard_stored(upload.storage_key)
+            raise
         if self._unwritten is not None and concat_role != ConcatRole.FINAL and length != 0:
             self._unwritten[upload_id] = upload
             while len(self._unwritten) > MAX_RUNNING_DIGESTS:
@@ -252,9 +278,29 @@ class UploadService:
             await self._after_complete(upload)
         return upload
 
-    async def add_received(self, owner: str, files: list[ReceivedFile]) -> list[Upload]:
+    def _insert_admitted(
+        self, connection: Any, *, principal: Principal, admitted: Admitted, new: list[Upload]
+    ) -> None:
+        if admitted.counted:
+            self.admission.reserve(connection, principal, [upload.length for upload in new])
+        for upload in new:
+            repository.insert(connection, upload)
+
+    async def _discard_stored(self, storage_key: str) -> None:
+        """Bytes stored for an upload that was then refused (over quota, say)."""
+        with contextlib.suppress(Exception):
+            stored = await self.store.find(storage_key)
+            if isinstance(stored, TerminatableUpload):
+                await stored.terminate()
+
+    async def add_received(
+        self, principal: Principal, files: list[ReceivedFile], admitted: Admitted
+    ) -> list[Upload]:
         """Uploads whose bytes are already stored and finished (the files of a form):
-        recorded together in one transaction, then processed as completed tus uploads are."""
+        recorded together in one transaction (which counts them against the principal's
+        files and quota; over, the caller removes their bytes), then processed as
+        completed tus uploads are."""
+        owner = principal.name
         now = utcnow()
         state = UploadState.RECEIVED if self.processor is not None else UploadState.READY
         uploads = [
@@ -265,17 +311,19 @@ class UploadService:
                 length=file.length,
                 offset=file.length,
                 storage_key=file.storage_key,
-                meta=file.meta,
+                meta={**file.meta, **admitted.meta},
                 filename=filename_of(file.meta),
                 declared_type=declared_type_of(file.meta),
                 sha256=file.sha256,
                 created_at=now,
                 updated_at=now,
                 completed_at=now,
+                allowed_types=admitted.allowed_types,
+                size_limit=admitted.size_limit,
             )
             for file in files
         ]
-        await self.db.run(lambda s: [repository.insert(s, upload) for upload in uploads])
+        await self.db.run(partial(self._insert_admitted, principal=principal, admitted=admitted, new=uploads))
         for upload in uploads:
             log.info("upload.received", upload_id=upload.id, length=upload.length, via="form")
             await self._publish(upload, "upload.created")
@@ -285,8 +333,11 @@ class UploadService:
             await self._after_complete(upload)
         return uploads
 
-    async def create_final(self, owner: str, part_ids: list[str], meta: dict[str, str | None]) -> Upload:
+    async def create_final(
+        self, principal: Principal, part_ids: list[str], meta: dict[str, str | None]
+    ) -> Upload:
         """Concatenation: a final upload made of the caller's partial uploads, in order."""
+        owner = principal.name
         found = {u.id: u for u in await self.db.run(lambda s: repository.get_many(s, part_ids))}
         parts: list[Upload] = []
         for part_id in part_ids:
@@ -305,7 +356,7 @@ class UploadService:
                 "upload.too_large", f"the parts add up to more than {self.settings.max_upload_size}"
             )
         total = None if None in lengths else known
-        upload = await self.create(owner, total, meta, ConcatRole.FINAL, concat_parts=part_ids)
+        upload = await self.create(principal, total, meta, ConcatRole.FINAL, concat_parts=part_ids)
         if upload.state == UploadState.CREATED:
             await self._try_finish_final(upload)
         return await self.get(owner, upload.id, allow_gone=True)
@@ -396,9 +447,7 @@ class UploadService:
                         f"Upload-Offset is {offset} but the upload is at {upload.offset}",
                         headers={"Upload-Offset": str(upload.offset)},
                     )
-                room = (
-                    upload.length if upload.length is not None else self.settings.max_upload_size
-                ) - offset
+                room = (upload.length if upload.length is not None else self.size_limit(upload)) - offset
                 if content_length is not None and content_length > room:
                     raise ProblemError(
                         "upload.exceeds_length", f"{content_length} bytes sent, {room} bytes left"
@@ -580,8 +629,10 @@ class UploadService:
             return
         if length < upload.offset:
             raise ProblemError("tus.header_invalid", "Upload-Length is below the current offset")
-        if length > self.settings.max_upload_size:
-            raise ProblemError("upload.too_large")
+        if length > self.size_limit(upload):
+            raise ProblemError(
+                "upload.too_large", f"this upload may have {self.size_limit(upload)} bytes at most"
+            )
         stored = await self.store.find(upload.storage_key)
         if isinstance(stored, LengthDeclarableUpload):
             await stored.declare_length(length)
@@ -645,7 +696,7 @@ class UploadService:
                 # Recorded as received: the sweep hands it to processing again later.
                 log.warning("processing.submit_failed", upload_id=upload.id, error=str(exc)[:300])
 
-    async def reprocess(self, owner: str, upload_id: str) -> Upload:
+    async def reprocess(self, owner: str | None, upload_id: str) -> Upload:
         """Run the pipeline again on a ready or failed upload."""
         if self.processor is None:
             raise ProblemError("processing.disabled")
@@ -671,11 +722,16 @@ class UploadService:
 
     # -- removing --------------------------------------------------------------
 
-    async def terminate(self, owner: str, upload_id: str) -> None:
+    async def terminate(self, owner: str | None, upload_id: str, *, may_delete_finished: bool = True) -> None:
+        """Remove an upload and its bytes. ``may_delete_finished``: whether the caller may
+        remove one that is complete (the ``delete`` scope); any caller with ``upload``
+        may abandon its unfinished uploads."""
         async with self._locked(upload_id):
             upload = await self.get(owner, upload_id, allow_gone=True)
             if upload.state == UploadState.TERMINATED:
                 raise ProblemError("upload.not_found")
+            if upload.is_complete and not may_delete_finished:
+                raise ProblemError("auth.forbidden", "deleting a finished upload needs the 'delete' scope")
             await self._remove(upload, UploadState.TERMINATED)
 
     async def _remove(self, upload: Upload, state: UploadState) -> None:
@@ -732,7 +788,11 @@ class UploadService:
                     await self.events.forget(owner, upload_id)
             pruned += len(gone)
             if len(gone) < batch:
-                return pruned
+                break
+        # A token's file count outlives the token by its leeway, then goes.
+        expired_before = utcnow() - timedelta(seconds=self.settings.jwt_leeway_seconds + 60)
+        await self.db.run(lambda s: prune_token_uses(s, expired_before))
+        return pruned
 
     # -- helpers ---------------------------------------------------------------
 

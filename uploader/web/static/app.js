@@ -1,14 +1,180 @@
-// The demo page: Uppy's Dashboard uploads with tus, then each upload's processing is
-// followed live over Server-Sent Events until it is ready (with its thumbnail) or failed.
+// The console of one principal: Uppy's Dashboard uploads with tus; below it, the
+// principal's uploads from the server (newest first, a page at a time), each followed
+// live over Server-Sent Events, with its size, type, thumbnail, a download link and,
+// with the delete scope, a delete button. A token in the page's own URL (?token=...)
+// is used for everything: tus and fetch send it as a header, EventSource, links and
+// images (which cannot send headers) as ?access_token=.
 import { Dashboard, Tus, Uppy } from './vendor/uppy/uppy.min.mjs'
 
 const api = document.body.dataset.api ?? ''
+const token = new URLSearchParams(window.location.search).get('token')
+const authHeaders = token ? { Authorization: `Bearer ${token}` } : {}
 const list = document.getElementById('uploads')
-const EVENTS = [
-  'upload.received', 'upload.processing', 'processing.step_started', 'processing.step_progress',
-  'processing.step_done', 'variant.ready', 'upload.ready', 'upload.failed', 'upload.expired',
-  'upload.terminated',
-]
+const more = document.getElementById('more')
+const whoami = document.getElementById('whoami')
+const notice = document.getElementById('notice')
+const cards = new Map()
+const GONE = new Set(['terminated', 'expired'])
+const FINISHED = new Set(['ready', 'failed'])
+let scopes = new Set()
+let cursor = null
+
+const withToken = (url) => (token ? `${url}${url.includes('?') ? '&' : '?'}access_token=${encodeURIComponent(token)}` : url)
+const call = (path, options = {}) => fetch(`${api}${path}`, { ...options, headers: { ...authHeaders, ...(options.headers ?? {}) } })
+
+function warn (text) {
+  notice.textContent = text
+  notice.hidden = !text
+}
+
+function size (bytes) {
+  if (bytes === null || bytes === undefined) return 'size unknown'
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
+  let value = bytes
+  let unit = 0
+  while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit += 1 }
+  return `${unit ? value.toFixed(1) : value} ${units[unit]}`
+}
+
+async function showUsage () {
+  const response = await call('/api/v1/usage')
+  if (response.status === 401) {
+    warn('This server needs a token: open this page as /?token=<your token>.')
+    return false
+  }
+  if (!response.ok) { warn(`usage: ${response.status}`); return false }
+  const usage = await response.json()
+  scopes = new Set(usage.scopes)
+  const bytes = usage.bytes.limit === null ? size(usage.bytes.used) : `${size(usage.bytes.used)} of ${size(usage.bytes.limit)}`
+  const active = usage.active_uploads.limit === null ? '' : ` · ${usage.active_uploads.used} of ${usage.active_uploads.limit} unfinished`
+  whoami.textContent = `${usage.principal} · ${bytes} held${active}`
+  whoami.dataset.used = String(usage.bytes.used)
+  return true
+}
+
+function card (status) {
+  const item = document.createElement('li')
+  item.className = 'upload'
+  item.dataset.uploadId = status.id
+  const title = document.createElement('div')
+  title.className = 'name'
+  title.textContent = status.filename ?? status.id
+  const facts = document.createElement('div')
+  facts.className = 'facts'
+  const state = document.createElement('div')
+  state.className = 'state'
+  const bar = document.createElement('progress')
+  bar.max = 1
+  const variants = document.createElement('div')
+  variants.className = 'variants'
+  const actions = document.createElement('div')
+  actions.className = 'actions'
+  const download = document.createElement('a')
+  download.className = 'download'
+  download.textContent = 'download'
+  download.href = withToken(`${api}/api/v1/uploads/${status.id}/content`)
+  download.hidden = true
+  actions.append(download)
+  if (scopes.has('delete')) {
+    const remove = document.createElement('button')
+    remove.type = 'button'
+    remove.className = 'delete'
+    remove.textContent = 'delete'
+    remove.addEventListener('click', () => removeUpload(status.id))
+    actions.append(remove)
+  }
+  item.append(title, facts, state, bar, variants, actions)
+  const view = { item, title, facts, state, bar, variants, download, thumbnail: null }
+  cards.set(status.id, view)
+  render(view, status)
+  return view
+}
+
+function render (view, status) {
+  view.item.dataset.state = status.state
+  view.facts.textContent = `${size(status.length)} · ${status.detected_type ?? status.declared_type ?? 'type unknown'}`
+  view.bar.value = status.state === 'ready' ? 1 : (status.progress ?? 0)
+  view.download.hidden = !FINISHED.has(status.state) || (status.failure_reason ?? '').startsWith('upload.type_not_allowed')
+  const type = status.detected_type ?? 'unknown type'
+  view.state.textContent = {
+    failed: `failed: ${status.failure_reason}`,
+    ready: `ready · ${type} · sha256 ${String(status.sha256).slice(0, 12)}…`,
+  }[status.state] ?? status.state
+  for (const variant of status.variants ?? []) addVariant(view, status.id, variant)
+}
+
+function addVariant (view, uploadId, variant) {
+  if (view.variants.querySelector(`a[data-variant="${CSS.escape(variant.name)}"]`)) return
+  const url = withToken(`${api}/api/v1/uploads/${uploadId}/variants/${encodeURIComponent(variant.name)}`)
+  if (variant.name.startsWith('256.') && !view.thumbnail) {
+    const image = document.createElement('img')
+    image.className = 'thumbnail'
+    image.alt = `thumbnail (${variant.width}×${variant.height})`
+    image.src = url
+    view.thumbnail = image
+    view.variants.prepend(image)
+  }
+  const link = document.createElement('a')
+  link.href = url
+  link.dataset.variant = variant.name
+  link.textContent = `${variant.name} (${variant.width}×${variant.height}, ${Math.round(variant.size / 1024)} KiB)`
+  view.variants.append(link)
+}
+
+async function refresh (uploadId, { prepend = true } = {}) {
+  const response = await call(`/api/v1/uploads/${uploadId}`)
+  if (!response.ok) return
+  const status = await response.json()
+  const view = cards.get(uploadId)
+  if (GONE.has(status.state)) { view?.item.remove(); cards.delete(uploadId); return }
+  if (view) render(view, status)
+  else if (status.concat !== 'partial') {
+    const made = card(status)
+    if (prepend) list.prepend(made.item)
+    else list.append(made.item)
+  }
+}
+
+async function loadPage () {
+  const query = new URLSearchParams({ limit: '20' })
+  if (cursor) query.set('cursor', cursor)
+  const response = await call(`/api/v1/uploads?${query}`)
+  if (!response.ok) { warn(`listing uploads: ${response.status}`); return }
+  const page = await response.json()
+  for (const status of page.items) {
+    if (!GONE.has(status.state) && !cards.has(status.id)) list.append(card(status).item)
+  }
+  cursor = page.next_cursor
+  more.hidden = !cursor
+}
+
+async function removeUpload (uploadId) {
+  const response = await call(`/api/v1/uploads/${uploadId}`, { method: 'DELETE' })
+  if (response.status === 204 || response.status === 404) {
+    cards.get(uploadId)?.item.remove()
+    cards.delete(uploadId)
+    await showUsage()
+  } else {
+    warn(`delete: ${(await response.json()).detail ?? response.status}`)
+  }
+}
+
+function followEverything () {
+  const source = new EventSource(withToken(`${api}/api/v1/events`))
+  const update = (event) => {
+    const data = JSON.parse(event.data)
+    const view = cards.get(data.upload_id)
+    if (event.type === 'variant.ready' && view) { addVariant(view, data.upload_id, data.variant); return }
+    if (event.type === 'processing.step_progress' && view) { view.bar.value = data.progress; return }
+    if (event.type === 'processing.step_started' && view) { view.state.textContent = `processing: ${data.step}`; return }
+    refresh(data.upload_id)
+    if (['upload.ready', 'upload.failed', 'upload.terminated', 'upload.expired', 'upload.created'].includes(event.type)) showUsage()
+  }
+  for (const type of ['upload.created', 'upload.received', 'upload.processing', 'processing.step_started',
+    'processing.step_progress', 'variant.ready', 'upload.ready', 'upload.failed', 'upload.expired', 'upload.terminated']) {
+    source.addEventListener(type, update)
+  }
+}
 
 const uppy = new Uppy({ autoProceed: false })
   .use(Dashboard, {
@@ -19,71 +185,17 @@ const uppy = new Uppy({ autoProceed: false })
     showProgressDetails: true,
     proudlyDisplayPoweredByUppy: false,
   })
-  .use(Tus, { endpoint: `${api}/files/`, chunkSize: 8 * 1024 * 1024, removeFingerprintOnSuccess: true })
+  .use(Tus, {
+    endpoint: `${api}/files/`,
+    chunkSize: 8 * 1024 * 1024,
+    removeFingerprintOnSuccess: true,
+    headers: authHeaders,
+  })
+uppy.on('upload-success', (file, response) => refresh(response.uploadURL.split('/').filter(Boolean).pop()))
+more.addEventListener('click', loadPage)
 
-uppy.on('upload-success', (file, response) => follow(file.name, response.uploadURL))
-
-function card (uploadId, name) {
-  const item = document.createElement('li')
-  item.className = 'upload'
-  item.dataset.uploadId = uploadId
-  item.dataset.state = 'received'
-  const title = document.createElement('div')
-  title.className = 'name'
-  title.textContent = name
-  const state = document.createElement('div')
-  state.className = 'state'
-  state.textContent = 'received'
-  const bar = document.createElement('progress')
-  bar.max = 1
-  bar.value = 0
-  const variants = document.createElement('div')
-  variants.className = 'variants'
-  item.append(title, state, bar, variants)
-  list.prepend(item)
-  return { item, state, bar, variants }
+if (await showUsage()) {
+  await loadPage()
+  followEverything()
 }
-
-function follow (name, uploadUrl) {
-  const uploadId = uploadUrl.split('/').filter(Boolean).pop()
-  const view = card(uploadId, name)
-  const base = `${api}/api/v1/uploads/${uploadId}`
-  const source = new EventSource(`${base}/events`)
-  const show = (state, text) => {
-    view.item.dataset.state = state
-    view.state.textContent = text
-  }
-  const handlers = {
-    'upload.processing': () => show('processing', 'processing'),
-    'processing.step_started': (data) => show('processing', `processing: ${data.step}`),
-    'processing.step_progress': (data) => { view.bar.value = data.progress },
-    'processing.step_done': (data) => show('processing', `processing: ${data.step} ${data.outcome}`),
-    'variant.ready': (data) => addVariant(view, base, data.variant),
-    'upload.ready': (data) => {
-      view.bar.value = 1
-      show('ready', `ready · ${data.detected_type ?? 'unknown type'} · sha256 ${String(data.sha256).slice(0, 12)}…`)
-      source.close()
-    },
-    'upload.failed': (data) => { show('failed', `failed: ${data.failure_reason}`); source.close() },
-    'upload.expired': () => { show('failed', 'expired'); source.close() },
-    'upload.terminated': () => { show('failed', 'removed'); source.close() },
-  }
-  for (const type of EVENTS) {
-    source.addEventListener(type, (event) => handlers[type]?.(JSON.parse(event.data)))
-  }
-}
-
-function addVariant (view, base, variant) {
-  const url = `${base}/variants/${encodeURIComponent(variant.name)}`
-  if (variant.name.startsWith('256.') && !view.variants.querySelector('img')) {
-    const image = document.createElement('img')
-    image.className = 'thumbnail'
-    image.alt = `thumbnail (${variant.width}×${variant.height})`
-    image.src = url
-    view.variants.prepend(image)
-  }
-  const link = document.createElement('a')
-  link.href = url
-  link.textContent = `${variant.name} (${variant.width}×${variant.height}, ${Math.round(variant.size / 1024)} KiB)`
-  view.variants.append(link)
-}
+document.body.dataset.ready = 'true'

@@ -64,6 +64,8 @@ async def test_each_scope_opens_its_routes_and_no_others(settings: Settings) -> 
         assert deleted.status_code == 204
         gone = await client.get(f"/api/v1/uploads/{uid}", headers=bearer(reader))
         assert gone.status_code == 404
+        listed = await client.get("/api/v1/uploads", headers=bearer(reader))
+        assert [u["id"] for u in listed.json()["items"]] == []  # neither the deleted nor the abandoned
 
 
 async def test_a_token_without_a_scope_claim_may_upload_and_read_but_not_delete(settings: Settings) -> None:

@@ -171,8 +171,14 @@ def prune_tombstones(connection: Connection, before: datetime, limit: int) -> li
 def page_for_owner(
     connection: Connection, owner: str | None, before_seq: int | None, limit: int
 ) -> list[Upload]:
-    """Newest first; ``owner`` None: everyone's."""
-    query = select(_uploads).where(_c.concat_role != ConcatRole.PARTIAL).order_by(_c.seq.desc()).limit(limit)
+    """Newest first; ``owner`` None: everyone's. Terminated uploads are not listed (their
+    status is a 404 too); expired ones are, until their rows are pruned."""
+    query = (
+        select(_uploads)
+        .where(_c.concat_role != ConcatRole.PARTIAL, _c.state != UploadState.TERMINATED)
+        .order_by(_c.seq.desc())
+        .limit(limit)
+    )
     if owner is not None:
         query = query.where(_c.owner == owner)
     if before_seq is not None:

@@ -18,6 +18,7 @@ const GONE = new Set(['terminated', 'expired'])
 const FINISHED = new Set(['ready', 'failed'])
 let scopes = new Set()
 let cursor = null
+let newestShown = '' // created_at of the newest upload listed: later ones are new, earlier ones paged
 
 const withToken = (url) => (token ? `${url}${url.includes('?') ? '&' : '?'}access_token=${encodeURIComponent(token)}` : url)
 const call = (path, options = {}) => fetch(`${api}${path}`, { ...options, headers: { ...authHeaders, ...(options.headers ?? {}) } })
@@ -128,7 +129,9 @@ async function refresh (uploadId, { prepend = true } = {}) {
   const view = cards.get(uploadId)
   if (GONE.has(status.state)) { view?.item.remove(); cards.delete(uploadId); return }
   if (view) render(view, status)
-  else if (status.concat !== 'partial') {
+  else if (status.concat !== 'partial' && status.created_at >= newestShown) {
+    // A new upload (from this page, or another client of the principal); older ones the
+    // event history mentions belong to pages not loaded yet.
     const made = card(status)
     if (prepend) list.prepend(made.item)
     else list.append(made.item)
@@ -141,6 +144,7 @@ async function loadPage () {
   const response = await call(`/api/v1/uploads?${query}`)
   if (!response.ok) { warn(`listing uploads: ${response.status}`); return }
   const page = await response.json()
+  if (!cursor && page.items.length) newestShown = page.items[0].created_at
   for (const status of page.items) {
     if (!GONE.has(status.state) && !cards.has(status.id)) list.append(card(status).item)
   }

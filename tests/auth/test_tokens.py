@@ -181,3 +181,14 @@ async def test_an_hmac_token_with_only_a_jwks_configured_is_refused(settings: Se
         async with in_process_client(_with(settings, jwt_jwks_url=jwks.url)) as client:
             assert await _status_code(client, hs256()) == (401, "auth.invalid_token")
             assert jwks.fetches == 0  # refused by its algorithm, before any key was needed
+
+
+async def test_a_token_accepted_before_is_refused_once_it_expires(settings: Settings) -> None:
+    """Verified tokens are remembered, but only until their exp."""
+    configured = _with(settings, jwt_secret=SecretStr(SECRET), jwt_leeway_seconds=0)
+    async with in_process_client(configured) as client:
+        token = hs256(ttl=2)
+        assert await _status_code(client, token) == (200, "")
+        assert await _status_code(client, token) == (200, "")
+        await asyncio.sleep(2.2)
+        assert await _status_code(client, token) == (401, "auth.token_expired")

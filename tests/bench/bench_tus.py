@@ -13,6 +13,9 @@ each round) so that the noise of this shared machine hits all of them alike:
 Besides our default configuration, ``--variant "LABEL:KEY=VALUE[,KEY=VALUE...]"`` (repeatable)
 adds our server started with that extra environment as one more row, alternated with the rest;
 each row of ours gets its ratios to @tus-file and tuspyserver. The RSS check uses the default.
+A variant that sets ``UPLOADER_JWT_SECRET`` requires tokens: the load client sends one minted
+with that secret (``tusbench.py`` cannot send headers, so such a run measures the load only:
+``--sizes-mib ''``, which prints the load table with each row's ratio to the first of ours).
 
 Between measurements the server is left to finish its own work, every upload the run made is
 deleted (tus DELETE of the client's upload, and of whatever our status API still lists; the
@@ -226,6 +229,7 @@ class Server:
     uploads_dir: Path | None = None  # where the uploads' bytes land; checked empty after cleanup
     prune: bool = False  # uploads_dir is safe to empty while it runs (peers; ours gets DELETEs)
     list_url: str | None = None  # status API listing the uploads (ours)
+    headers: dict[str, str] = field(default_factory=dict)  # what every request sends (a token)
 
     def settle(self, timeout: float = 60.0, window: float = 0.5, busy_cpu: float = 0.05) -> bool:
         """Wait until the server tree is idle (post-upload work such as checksums or
@@ -298,6 +302,10 @@ class OurServer:
             self.stop()
             raise
         base = f"http://{HOST}:{self.port}"
+        headers = {}
+        if secret := env.get("UPLOADER_JWT_SECRET"):
+            headers["Authorization"] = f"Bearer {bench_token(secret)}"
+            log(f"  {self.variant.label} requires tokens: the clients send a minted HS256 token")
         return Server(
             self.variant.key,
             self.variant.label,
@@ -305,6 +313,7 @@ class OurServer:
             proc.pid,
             uploads_dir=self.data_dir / "files",  # the default local storage, if it is used
             list_url=base + self.args.list_path if self.args.list_path else None,
+            headers=headers,
         )
 
     def _ready(self) -> bool:
@@ -543,8 +552,20 @@ def run_client(argv: list[str], timeout: float) -> str:
     return out.strip().splitlines()[-1]
 
 
-def tus_delete(location: str) -> bool:
-    req = urllib.request.Request(location, method="DELETE", headers={"Tus-Resumable": "1.0.0"})
+def bench_token(secret: str) -> str:
+    """An upload token for the benchmark's principal, as a backend would mint one: a JWT
+    check on every request, a jti, no limits that would stop the run."""
+    import jwt
+
+    now = int(time.time())
+    claims = {"sub": "bench", "iat": now, "exp": now + 6 * 3600, "jti": os.urandom(8).hex()}
+    return jwt.encode({**claims, "scope": "upload read delete"}, secret, algorithm="HS256")
+
+
+def tus_delete(location: str, headers: dict[str, str] | None = None) -> bool:
+    req = urllib.request.Request(
+        location, method="DELETE", headers={"Tus-Resumable": "1.0.0", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return bool(200 <= r.status < 300)
@@ -561,9 +582,10 @@ def listed_uploads(server: Server, issues: list[str]) -> list[str]:
     query: dict[str, str] = {"limit": "500"}
     try:
         while True:
-            with urllib.request.urlopen(
-                f"{server.list_url}?{urllib.parse.urlencode(query)}", timeout=30
-            ) as r:
+            listing = urllib.request.Request(
+                f"{server.list_url}?{urllib.parse.urlencode(query)}", headers=server.headers
+            )
+            with urllib.request.urlopen(listing, timeout=30) as r:
                 page = json.load(r)
             urls += [
                 urllib.parse.urljoin(server.list_url, item["links"]["tus"])
@@ -619,6 +641,8 @@ def bench_load(
         "--concurrency",
         str(args.load_concurrency),
     ]
+    for name, value in server.headers.items():
+        argv += ["--header", f"{name}: {value}"]
     kv = parse_kv(run_client(argv, args.client_timeout))
     return {k: float(v) for k, v in kv.items()} | {"peak_rss_mib": sum(tree_hwm(server.pid).values())}
 
@@ -631,8 +655,8 @@ def after_run(server: Server, res: Results, what: str, locations: Sequence[str] 
     issues: list[str] = []
     if not server.settle():
         issues.append("did not go idle")
-    failed = [loc for loc in locations if not tus_delete(loc)]
-    failed += [loc for loc in listed_uploads(server, issues) if not tus_delete(loc)]
+    failed = [loc for loc in locations if not tus_delete(loc, server.headers)]
+    failed += [loc for loc in listed_uploads(server, issues) if not tus_delete(loc, server.headers)]
     if failed:
         issues.append(f"DELETE failed for {len(failed)} upload(s), e.g. {failed[0]}")
     if server.prune:
@@ -814,6 +838,8 @@ def markdown(res: Results, args: argparse.Namespace) -> tuple[str, dict[str, Any
                     lines.append(f"| {variant.label} / {short} | {cells} |")
         out["sizes"][str(size)] = size_out
         lines.append("")
+    if not args.sizes_mib and res.load:
+        lines += load_table(res, args, out)
     if res.rss_flatness:
         lines += [
             "### Peak RSS of ours, fresh server per file size, 64 MiB chunks",
@@ -843,6 +869,35 @@ def markdown(res: Results, args: argparse.Namespace) -> tuple[str, dict[str, Any
         ]
     out["cleanup_issues"] = res.cleanup_issues
     return "\n".join(lines), out
+
+
+def load_table(res: Results, args: argparse.Namespace, out: dict[str, Any]) -> list[str]:
+    """The many-small-uploads figures alone (``--sizes-mib ''``), with every row's ratio to
+    our first configuration and to @tus/server."""
+    med = {
+        k: {m: median([x[m] for x in v]) for m in ("uploads_s", "p50_ms", "p99_ms")}
+        for k, v in res.load.items()
+    }
+    first = args.variants[0].key if args.variants else None
+    lines = [
+        f"### Load: {args.load_uploads} x {args.load_size_kib} KiB, {args.load_concurrency} at once, "
+        f"median of {args.repeats}",
+        "",
+        "| server | uploads/s | p50 ms | p99 ms | vs first of ours | vs @tus-file |",
+        "|---|---|---|---|---|---|",
+    ]
+    out["load"] = {}
+    for key, row in med.items():
+
+        def ratio(base: str | None, row: dict[str, float | None] = row) -> float | None:
+            a, b = row["uploads_s"], med.get(base or "", {}).get("uploads_s")
+            return round(a / b, 3) if a is not None and b else None
+
+        out["load"][key] = {**row, "vs_first": ratio(first), "vs_node_file": ratio(NODE_FILE)}
+        cells = [fmt(row["uploads_s"]), fmt(row["p50_ms"]), fmt(row["p99_ms"])]
+        cells += [fmt(ratio(first), ratio=True), fmt(ratio(NODE_FILE), ratio=True)]
+        lines.append(f"| {res.labels[key]} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 # ---------------------------------------------------------------- main
@@ -969,6 +1024,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     peer_ports = {spec.port for spec in PEERS.values()} | set(PEER_SIDECAR_PORTS.values())
     if clash := peer_ports & set(range(a.port, a.port + len(a.variants))):
         ap.error(f"ports {sorted(clash)} of ours (--port and the next ones) belong to the peers")
+    if a.sizes_mib and any(item.startswith("UPLOADER_JWT_SECRET=") for v in a.variants for item in v.env):
+        ap.error("tusbench.py sends no token: measure a variant that requires tokens with --sizes-mib ''")
+    if not a.sizes_mib:
+        a.skip_rss = True
     for script in ("tusbench.py", "tusload.py"):
         if not (a.peers_bench_dir / script).exists():
             ap.error(f"{a.peers_bench_dir / script} not found (see --peers-bench-dir)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +29,9 @@ HMAC_ALGORITHMS = ("HS256",)
 PUBLIC_KEY_ALGORITHMS = ("RS256", "ES256")
 # A kid the cached JWKS does not know sends for the keys again, at most this often.
 JWKS_REFETCH_SECONDS = 10.0
+# Tokens already verified, kept until they expire: a client sends the same token with every
+# PATCH of an upload, and checking it again each time cost about 70 µs of CPU.
+VERIFIED_CACHE_ENTRIES = 10_000
 
 
 class UploaderClaim(BaseModel):
@@ -125,12 +129,26 @@ class TokenVerifier:
             if settings.jwt_jwks_url
             else None
         )
+        self._verified: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
 
     @property
     def configured(self) -> bool:
         return self.secret is not None or self.jwks is not None
 
     async def verify(self, token: str) -> Principal:
+        cached = self._verified.get(token)
+        if cached is not None:
+            if time.time() < cached[0]:
+                return cached[1]
+            del self._verified[token]
+        principal, expires = await self._verify(token)
+        self._verified[token] = (expires, principal)
+        while len(self._verified) > VERIFIED_CACHE_ENTRIES:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
+        """The token's principal, and until when (its exp, with the leeway) it holds."""
         if len(token) > MAX_TOKEN_BYTES:
             raise _invalid(f"the token is longer than {MAX_TOKEN_BYTES} bytes")
         try:
@@ -167,7 +185,7 @@ class TokenVerifier:
             raise ProblemError("auth.token_expired", "the token is not valid yet (nbf)") from None
         except jwt.PyJWTError as exc:
             raise _invalid(str(exc)[:200]) from None
-        return principal_of(payload)
+        return principal_of(payload), float(payload["exp"]) + self.leeway
 
 
 def principal_of(payload: dict[str, Any]) -> Principal:

@@ -191,3 +191,38 @@ def test_redis_killed_during_a_patch_never_leaves_a_full_upload_incomplete(
         assert "request.failed" not in server.log()
     finally:
         server.stop()
+
+
+def test_rate_limits_with_redis_down_are_503_never_a_pass_or_a_500(
+    tmp_path: Path, own_redis: RedisServer
+) -> None:
+    env = {
+        "UPLOADER_REDIS_URL": own_redis.url,
+        "UPLOADER_REDIS_PREFIX": "faults-rate",
+        "UPLOADER_RATE_LIMIT_IP": "1000/minute",
+        "UPLOADER_RATE_LIMIT_CREATE": "100/minute",
+    }
+    server = start_server(tmp_path / "server", **env)
+    settings = Settings(data_dir=tmp_path / "server")
+    try:
+        assert httpx.get(f"{server.url}/api/v1/uploads", timeout=30).status_code == 200
+        own_redis.kill()
+        # The counters live in Redis: a request cannot be counted, so it is not served.
+        listed = httpx.get(f"{server.url}/api/v1/uploads", timeout=30)
+        assert listed.status_code == 503, listed.text
+        assert listed.headers["Retry-After"]
+        created = httpx.post(server.tus_url, headers={**TUS, "Upload-Length": "10"}, timeout=30)
+        assert created.status_code == 503, created.text
+        # Probes are never limited: liveness answers, readiness says what is wrong.
+        assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
+        assert httpx.get(f"{server.url}/readyz", timeout=30).status_code == 503
+        own_redis.start()
+        assert httpx.get(f"{server.url}/api/v1/uploads", timeout=30).status_code == 200
+        url = create(server.tus_url, 5)
+        data = b"hello"
+        patched = httpx.patch(url, content=data, headers={**PATCH_HEADERS, "Upload-Offset": "0"}, timeout=30)
+        assert patched.status_code == 204, patched.text
+        assert_invariant(settings, {url.rsplit("/", 1)[1]: [data]}, server.url)
+        assert "request.failed" not in server.log()
+    finally:
+        server.stop()

@@ -192,3 +192,22 @@ async def test_a_token_accepted_before_is_refused_once_it_expires(settings: Sett
         assert await _status_code(client, token) == (200, "")
         await asyncio.sleep(2.2)
         assert await _status_code(client, token) == (401, "auth.token_expired")
+
+
+async def test_keys_fetched_before_serve_while_the_jwks_is_down_and_new_kids_wait(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from uploader.auth import tokens
+
+    monkeypatch.setattr(tokens, "JWKS_REFETCH_SECONDS", 0.2)
+    known = ec_key("known")
+    with jwks_server(known) as jwks:
+        async with in_process_client(
+            _with(settings, jwt_jwks_url=jwks.url, jwt_jwks_cache_seconds=0.3)
+        ) as client:
+            assert await _status_code(client, known.sign()) == (200, "")
+            jwks.stop()
+            await asyncio.sleep(0.4)  # the cache is due: the next token tries to fetch, and fails
+            assert await _status_code(client, known.sign()) == (200, "")
+            # A kid it has never seen may be a key published since: it cannot say no.
+            assert await _status_code(client, ec_key("newer").sign()) == (503, "auth.unavailable")

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from uploader.auth.api_keys import ApiKeyDirectory, id_of
-from uploader.auth.principal import ADMIN, ANONYMOUS, DELETE, OWNER_SCOPES, READ, UPLOAD, Principal
+from uploader.auth.principal import ANONYMOUS, DELETE, OWNER_SCOPES, READ, UPLOAD, Principal
 from uploader.auth.tokens import TokenVerifier, looks_like_jwt
 from uploader.db.engine import Database
 from uploader.kit.errors import ProblemError
@@ -109,4 +109,3 @@ def requires(*scopes: str) -> Callable[[Request], Awaitable[Principal]]:
 Uploading = Annotated[Principal, Depends(requires(UPLOAD))]
 Reading = Annotated[Principal, Depends(requires(READ))]
 Deleting = Annotated[Principal, Depends(requires(DELETE))]
-Administering = Annotated[Principal, Depends(requires(ADMIN))]

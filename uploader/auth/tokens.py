@@ -66,56 +66,66 @@ def looks_like_jwt(credential: str) -> bool:
 
 
 class JwksKeys:
-    """The keys at a JWKS URL: cached, fetched again after ``cache_seconds`` and, rate
-    limited, when a token names a kid the cache does not have."""
+    """The keys at a JWKS URL: cached, fetched again after ``cache_seconds`` and when a
+    token names a kid the cache does not have, but never more often than every
+    ``JWKS_REFETCH_SECONDS`` (a stream of tokens with made-up kids costs no fetches).
+
+    While the JWKS cannot be fetched, keys fetched before go on serving; a token whose key
+    is not among them is ``503 auth.unavailable``, as it may be signed with a new key."""
 
     def __init__(self, url: str, cache_seconds: float) -> None:
         self.url = url
         self.cache_seconds = cache_seconds
         self._keys: dict[str | None, jwt.PyJWK] = {}
-        self._fetched_at = float("-inf")
+        self._fetched_at = float("-inf")  # the last fetch that worked
+        self._attempted_at = float("-inf")  # the last fetch tried
+        self._error: str | None = None  # why the last fetch failed, if it did
         self._lock = asyncio.Lock()
 
-    async def key_for(self, kid: str | None) -> jwt.PyJWK:
-        now = time.monotonic()
-        stale = now - self._fetched_at > self.cache_seconds
-        if stale or (kid not in self._keys and now - self._fetched_at > JWKS_REFETCH_SECONDS):
-            await self._refresh(keep_on_failure=not stale or bool(self._keys))
+    def _find(self, kid: str | None) -> jwt.PyJWK | None:
         key = self._keys.get(kid)
         if key is None and kid is None and len(self._keys) == 1:
-            key = next(iter(self._keys.values()))
-        if key is None:
-            raise _invalid(f"no key {kid!r} in the JWKS" if kid else "the token names no kid")
+            key = next(iter(self._keys.values()))  # one key, and a token that names none
         return key
 
-    async def _refresh(self, *, keep_on_failure: bool) -> None:
+    async def key_for(self, kid: str | None) -> jwt.PyJWK:
+        due = time.monotonic() - self._fetched_at > self.cache_seconds
+        if due or self._find(kid) is None:
+            await self._refresh()
+        key = self._find(kid)
+        if key is not None:
+            return key
+        if self._error is not None:
+            raise ProblemError(
+                "auth.unavailable", "the keys to check tokens cannot be fetched", {"Retry-After": "5"}
+            )
+        raise _invalid(f"no key {kid!r} in the JWKS" if kid else "the token names no kid")
+
+    async def _refresh(self) -> None:
         async with self._lock:
-            if time.monotonic() - self._fetched_at <= JWKS_REFETCH_SECONDS:
-                return  # another request fetched them meanwhile
+            if time.monotonic() - self._attempted_at <= JWKS_REFETCH_SECONDS:
+                return  # tried a moment ago (perhaps by a request that held the lock)
+            self._attempted_at = time.monotonic()
             try:
                 async with httpx.AsyncClient(timeout=5.0) as client:
                     response = await client.get(self.url)
                     response.raise_for_status()
-                document = response.json()
+                entries = response.json().get("keys", [])
                 keys: dict[str | None, jwt.PyJWK] = {}
-                for entry in document.get("keys", []):
+                for entry in entries:
                     if entry.get("use", "sig") != "sig":
                         continue
                     try:
                         keys[entry.get("kid")] = jwt.PyJWK(entry)
                     except jwt.PyJWTError as exc:
                         log.warning("auth.jwks_key_skipped", kid=entry.get("kid"), error=str(exc))
-            except (httpx.HTTPError, ValueError, AttributeError) as exc:
-                log.warning("auth.jwks_unavailable", url=self.url, error=str(exc)[:300])
-                # Keys fetched earlier keep serving while they are within their lifetime;
-                # without any, no token can be checked.
-                if keep_on_failure and self._keys:
-                    self._fetched_at = time.monotonic() - JWKS_REFETCH_SECONDS + 1.0
-                    return
-                raise ProblemError(
-                    "auth.unavailable", "the keys to check tokens cannot be fetched", {"Retry-After": "5"}
-                ) from exc
-            self._keys, self._fetched_at = keys, time.monotonic()
+            except (httpx.HTTPError, ValueError, AttributeError, TypeError) as exc:
+                self._error = str(exc)[:300] or type(exc).__name__
+                log.warning(
+                    "auth.jwks_unavailable", url=self.url, error=self._error, cached_keys=len(self._keys)
+                )
+                return
+            self._keys, self._fetched_at, self._error = keys, time.monotonic(), None
 
 
 class TokenVerifier:

@@ -92,3 +92,69 @@ async def test_usage_reports_the_tokens_own_limits(settings: Settings) -> None:
         assert usage["max_upload_size"] == 2048
         assert usage["bytes"] == {"used": 0, "limit": None}
         assert usage["scopes"] == ["read", "upload"]
+
+
+async def _recount(url: str) -> dict[str, tuple[int, int]]:
+    """What each owner holds, summed from the upload rows, against the usage rows."""
+    from sqlalchemy import select
+
+    from uploader.db.engine import Database
+    from uploader.db.models import principal_usage, uploads
+
+    db = Database(url)
+    try:
+        rows = await db.run(lambda c: list(c.execute(select(uploads))))
+        kept = await db.run(lambda c: list(c.execute(select(principal_usage))))
+    finally:
+        await db.dispose()
+    summed: dict[str, list[int]] = {}
+    for row in rows:
+        held = (
+            0
+            if row.state in ("expired", "terminated") or row.bytes_removed
+            else (row.length if row.length is not None else row.offset)
+        )
+        active = 1 if row.state in ("created", "receiving") else 0
+        totals = summed.setdefault(row.owner, [0, 0])
+        totals[0] += held
+        totals[1] += active
+    assert {r.owner: (r.bytes, r.active_uploads) for r in kept if r.bytes or r.active_uploads} == {
+        owner: (b, a) for owner, (b, a) in summed.items() if b or a
+    }
+    return {owner: (b, a) for owner, (b, a) in summed.items()}
+
+
+async def test_usage_rows_agree_with_the_uploads_through_every_change(
+    settings: Settings, database_url: str
+) -> None:
+    from tests.images import zip_archive
+
+    async with in_process_client(_with(settings, quota_bytes=10**9)) as client:
+        token = hs256("vic", uploader={"types": ["image/png"]})
+        free = hs256("vic-too")
+        created = await _create(client, free, 10)  # unfinished
+        path = created.headers["Location"].removeprefix("http://testserver")
+        assert (await patch(client, path, 0, b"01234", **bearer(free))).status_code == 204
+        finished = await _create(client, free, 3)
+        done = finished.headers["Location"].removeprefix("http://testserver")
+        assert (await patch(client, done, 0, b"abc", **bearer(free))).status_code == 204
+        deferred = await client.post("/files/", headers={**TUS, "Upload-Defer-Length": "1", **bearer(free)})
+        later = deferred.headers["Location"].removeprefix("http://testserver")
+        assert (await patch(client, later, 0, b"xyz", **bearer(free))).status_code == 204
+        form = await client.post("/api/v1/uploads", files={"f": ("f.txt", b"form!")}, headers=bearer(free))
+        assert form.status_code == 201
+        assert (await client.delete(path, headers={**TUS, **bearer(free)})).status_code == 204
+        usage = await _recount(database_url)
+        assert usage["vic-too"] == (3 + 3 + 5, 1)  # finished, deferred so far, form; one unfinished
+        # A type the token does not allow: failed, its bytes removed, nothing held.
+        client.headers.update(bearer(token))
+        from tests.api.helpers import settled_status, upload_bytes, upload_id
+        from tests.support import metadata
+
+        smuggled = await upload_bytes(
+            client, zip_archive(), **{"Upload-Metadata": metadata(filetype="image/png")}
+        )
+        assert (await settled_status(client, upload_id(smuggled)))["state"] == "failed"
+        usage = await _recount(database_url)
+        assert usage["vic"] == (0, 0)
+        assert (await _usage(client, free))["bytes"]["used"] == 11

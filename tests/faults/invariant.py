@@ -3,7 +3,8 @@
 For each upload row: its state, offset and length agree with each other and with the
 bytes in storage; a recorded sha256 is that of the stored bytes; nothing that is
 complete holds bytes no client sent, in offset order; and an incomplete upload promises
-no download.
+no download. And what each owner holds by its usage row (the quota's count) is what its
+upload rows add up to.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import httpx
 from sqlalchemy import select
 
 from uploader.db.engine import Database
-from uploader.db.models import COMPLETE_STATES, GONE_STATES, Upload, UploadState, uploads
+from uploader.db.models import COMPLETE_STATES, GONE_STATES, Upload, UploadState, principal_usage, uploads
 from uploader.settings import Settings
 from uploader.storage.local import LocalUpload
 from uploader.storage.registry import build_store
@@ -60,9 +61,10 @@ async def check_invariant(
     db = Database(settings.resolved_database_url)
     try:
         rows = await db.run(lambda c: [Upload(**r._mapping) for r in c.execute(select(uploads))])
+        kept = await db.run(lambda c: list(c.execute(select(principal_usage))))
     finally:
         await db.dispose()
-    problems: list[str] = []
+    problems: list[str] = _usage_problems(rows, kept)
     client = (
         httpx.AsyncClient(base_url=server_url, headers=dict(headers or {}), timeout=30)
         if server_url
@@ -76,6 +78,22 @@ async def check_invariant(
             await client.aclose()
     assert not problems, "invariant broken:\n" + "\n".join(problems)
     return rows
+
+
+def _usage_problems(rows: Sequence[Upload], kept: Sequence[object]) -> list[str]:
+    summed: dict[str, tuple[int, int]] = {}
+    for upload in rows:
+        gone = upload.is_gone or upload.bytes_removed
+        held = 0 if gone else (upload.length if upload.length is not None else upload.offset)
+        active = 1 if upload.state in (UploadState.CREATED, UploadState.RECEIVING) else 0
+        before = summed.get(upload.owner, (0, 0))
+        summed[upload.owner] = (before[0] + held, before[1] + active)
+    recorded = {row.owner: (row.bytes, row.active_uploads) for row in kept}  # type: ignore[attr-defined]
+    return [
+        f"usage of {owner!r}: {recorded.get(owner, (0, 0))} recorded, {counted} in its uploads"
+        for owner in set(summed) | set(recorded)
+        if recorded.get(owner, (0, 0)) != (counted := summed.get(owner, (0, 0)))
+    ]
 
 
 async def _check_one(

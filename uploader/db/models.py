@@ -139,6 +139,16 @@ api_keys = Table(
     Column("revoked_at", UTCDateTime(), nullable=True),
 )
 
+# What each principal holds: kept by triggers on ``uploads`` (migration 0005), in the
+# transaction of every change to an upload row.
+principal_usage = Table(
+    "principal_usage",
+    metadata,
+    Column("owner", String(200), primary_key=True),
+    Column("bytes", BigInteger, nullable=False),
+    Column("active_uploads", Integer, nullable=False),
+)
+
 # Files made with each upload token that limits them (by the token's ``jti``).
 token_uses = Table(
     "token_uses",

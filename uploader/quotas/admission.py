@@ -4,32 +4,31 @@ token, forced metadata), its quota (bytes held, unfinished uploads) and its crea
 What needs no database is checked before anything is stored. Files per token and the
 quota are checked in the transaction that records the upload, so processes creating at
 once cannot overrun them together: files per token by one conditional upsert, the quota
-by a sum over the owner's uploads after a lock on the owner (PostgreSQL: an advisory
-transaction lock; SQLite: its one writer). A principal with no limits pays nothing.
+by reading the owner's usage row once the upload is inserted. Triggers on ``uploads``
+keep that row (migration 0005), and the insert's update of it holds the row until the
+transaction ends, so two processes creating for one owner take turns (on SQLite, its one
+writer does). A principal with no limits adds no statement.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, case, delete, func, select, text
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from uploader.auth.principal import Principal, type_allowed
-from uploader.db.models import GONE_STATES, UploadState, token_uses, uploads
+from uploader.db.models import principal_usage, token_uses
 from uploader.kit.errors import ProblemError
 from uploader.quotas.rate import RateLimits
 from uploader.settings import Settings
 from uploader.uploads.metadata import declared_type_of, encode_value
 
-_c = uploads.c
-_UNFINISHED = (UploadState.CREATED.value, UploadState.RECEIVING.value)
-_GONE = tuple(state.value for state in GONE_STATES)
+_usage = principal_usage.c
 
 
 @dataclass(frozen=True)
@@ -48,25 +47,11 @@ class Usage:
     active_uploads: int
 
 
-def _owner_lock_key(owner: str) -> int:
-    return int.from_bytes(hashlib.sha256(b"quota:" + owner.encode()).digest()[:8], "big", signed=True)
-
-
 def usage_of(connection: Connection, owner: str) -> Usage:
     """Bytes held (a declared length counts from creation; without one, what arrived) and
     unfinished uploads. Gone uploads and those whose bytes were removed hold nothing."""
-    held = case(
-        (_c.bytes_removed, 0),
-        (_c.length.is_not(None), _c.length),
-        else_=_c.offset,
-    )
-    unfinished = case((_c.state.in_(_UNFINISHED), 1), else_=0)
-    row = connection.execute(
-        select(func.coalesce(func.sum(held), 0), func.coalesce(func.sum(unfinished), 0)).where(
-            _c.owner == owner, _c.state.not_in(_GONE)
-        )
-    ).one()
-    return Usage(int(row[0]), int(row[1]))
+    row = connection.execute(select(_usage.bytes, _usage.active_uploads).where(_usage.owner == owner)).first()
+    return Usage(int(row.bytes), int(row.active_uploads)) if row is not None else Usage(0, 0)
 
 
 class Admission:
@@ -135,32 +120,32 @@ class Admission:
         return min(server_maximum, limits.max_size)
 
     def reserve(self, connection: Connection, principal: Principal, lengths: Sequence[int | None]) -> None:
-        """In the transaction that records ``len(lengths)`` new uploads: count them against
-        the token's files and the principal's quota; raises (rolling it back) when over."""
+        """In the transaction that records ``len(lengths)`` new uploads, after their insert:
+        count them against the token's files and the principal's quota; raises (rolling
+        the transaction back) when over."""
         limits = principal.limits
         if limits is not None and limits.max_files is not None and limits.token_id is not None:
             self._count_files(connection, limits.token_id, limits.max_files, limits.expires_at, len(lengths))
         quota_bytes, quota_active = self.quota_of(principal)
         if quota_bytes is None and quota_active is None:
             return
-        if connection.dialect.name == "postgresql":
-            connection.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _owner_lock_key(principal.name)}
-            )
-        used = usage_of(connection, principal.name)
+        now = usage_of(connection, principal.name)  # with the new uploads
         adding = sum(n or 0 for n in lengths)
-        if quota_bytes is not None and used.bytes + adding > quota_bytes:
+        used = Usage(now.bytes - adding, now.active_uploads)
+        # Over, or (for an upload whose length comes later) full already.
+        if quota_bytes is not None and (now.bytes > quota_bytes or (not adding and now.bytes >= quota_bytes)):
             raise ProblemError(
                 "quota.exceeded",
                 f"{used.bytes} of {quota_bytes} bytes are held; {adding} more would be over",
                 members={"quota": "bytes", "used": used.bytes, "limit": quota_bytes},
             )
         unfinished = sum(1 for n in lengths if n is None or n > 0)
-        if quota_active is not None and unfinished and used.active_uploads + unfinished > quota_active:
+        if quota_active is not None and unfinished and now.active_uploads > quota_active:
+            before = now.active_uploads - unfinished
             raise ProblemError(
                 "quota.exceeded",
-                f"{used.active_uploads} of {quota_active} unfinished uploads are under way",
-                members={"quota": "active_uploads", "used": used.active_uploads, "limit": quota_active},
+                f"{before} of {quota_active} unfinished uploads are under way",
+                members={"quota": "active_uploads", "used": before, "limit": quota_active},
             )
 
     @staticmethod

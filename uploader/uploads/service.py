@@ -281,10 +281,10 @@ class UploadService:
     def _insert_admitted(
         self, connection: Any, *, principal: Principal, admitted: Admitted, new: list[Upload]
     ) -> None:
-        if admitted.counted:
-            self.admission.reserve(connection, principal, [upload.length for upload in new])
         for upload in new:
             repository.insert(connection, upload)
+        if admitted.counted:  # after the insert: its usage row now holds them, and is held
+            self.admission.reserve(connection, principal, [upload.length for upload in new])
 
     async def _discard_stored(self, storage_key: str) -> None:
         """Bytes stored for an upload that was then refused (over quota, say)."""

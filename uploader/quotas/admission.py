@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -47,11 +47,27 @@ class Usage:
     active_uploads: int
 
 
+_USAGE = select(_usage.bytes, _usage.active_uploads).where(_usage.owner == bindparam("owner"))
+_USAGE_SQLITE = "SELECT bytes, active_uploads FROM principal_usage WHERE owner = ?"
+
+
 def usage_of(connection: Connection, owner: str) -> Usage:
     """Bytes held (a declared length counts from creation; without one, what arrived) and
-    unfinished uploads. Gone uploads and those whose bytes were removed hold nothing."""
-    row = connection.execute(select(_usage.bytes, _usage.active_uploads).where(_usage.owner == owner)).first()
-    return Usage(int(row.bytes), int(row.active_uploads)) if row is not None else Usage(0, 0)
+    unfinished uploads. Gone uploads and those whose bytes were removed hold nothing.
+
+    On SQLite the query runs on the driver's cursor (as the hottest writes do): through
+    ``Connection.execute`` it cost about 250 µs of CPU, most of a small creation's quota
+    check, against SQLite's few microseconds."""
+    row: Any
+    if connection.dialect.name == "sqlite":
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            row = cursor.execute(_USAGE_SQLITE, (owner,)).fetchone()
+        finally:
+            cursor.close()
+    else:
+        row = connection.execute(_USAGE, {"owner": owner}).first()
+    return Usage(int(row[0]), int(row[1])) if row is not None else Usage(0, 0)
 
 
 class Admission:

@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
 
 from uploader.kit.logging import configure_logging, get_logger
 from uploader.settings import Settings
@@ -314,7 +315,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command in CLIENT_COMMANDS:
         sys.exit(_run_client(args))
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # a setting out of range: say which, without a traceback
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            print(f"error: {where}: {error['msg']}", file=sys.stderr)
+        sys.exit(2)
     configure_logging(settings.log_level, settings.log_json)
     if args.command == "serve":
         sys.exit(_serve(settings, args.host or settings.host, args.port or settings.port))

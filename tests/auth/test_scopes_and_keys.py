@@ -188,3 +188,15 @@ async def test_bootstrap_keys_still_work_beside_tokens(settings: Settings) -> No
         status = await client.get(f"/api/v1/uploads/{uid}", headers=bearer(hs256("lena")))
         assert status.status_code == 200
         assert (await client.get("/api/v1/uploads", headers=bearer("boot-key-2"))).status_code == 401
+
+
+async def test_auth_required_says_so_either_way(settings: Settings) -> None:
+    async with in_process_client(settings.model_copy(update={"auth_required": True})) as client:
+        refused = await client.get("/api/v1/uploads")
+        assert refused.status_code == 401  # no credential source at all, and still closed
+    open_too = settings.model_copy(update={"auth_required": False, "api_keys": {"boot-key-9": "mona"}})
+    async with in_process_client(open_too) as client:
+        assert (await client.get("/api/v1/uploads")).status_code == 200  # anonymous beside keys
+        mine = await _uploaded_with_key(client, "boot-key-9")
+        anonymous = await client.get(f"/api/v1/uploads/{mine}")
+        assert anonymous.status_code == 404  # the key's uploads are its own

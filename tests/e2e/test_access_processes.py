@@ -127,3 +127,15 @@ def test_the_cli_manages_keys_and_mints_tokens_and_logs_never_show_them(tmp_path
     assert token not in log
     assert key not in log
     assert token.split(".")[2] not in log
+
+
+def test_a_bad_access_setting_stops_the_server_with_a_clear_error(tmp_path: Path) -> None:
+    env = {**os.environ, "UPLOADER_DATA_DIR": str(tmp_path), "UPLOADER_JWT_SECRET": "too-short"}
+    result = _cli(["serve", "--port", "1"], env)
+    assert result.returncode == 2
+    assert "UPLOADER_JWT_SECRET must be at least 32 bytes" in result.stderr
+    assert "Traceback" not in result.stderr
+    env = {**os.environ, "UPLOADER_DATA_DIR": str(tmp_path), "UPLOADER_RATE_LIMIT_CREATE": "lots"}
+    result = _cli(["serve", "--port", "1"], env)
+    assert result.returncode == 2
+    assert "rate_limit_create" in result.stderr

@@ -241,7 +241,9 @@ def test_the_console_lists_follows_and_deletes_with_a_token(
     photo = tmp_path / "harbour.jpg"
     photo.write_bytes(jpeg(800, 600))
     page, errors, requests = _console(browser, token_server, token)
-    assert "yara" in page.locator("#whoami").inner_text()
+    whoami = page.locator("#whoami").inner_text()
+    assert "yara" in whoami
+    assert "92 B of 64.0 MiB held" in whoami  # usage beside quota: 23 uploads of 4 bytes
     cards = page.locator("#uploads li")
     assert cards.count() == 20
     assert cards.first.locator(".name").inner_text() == "old-22.txt"  # newest first
@@ -273,6 +275,7 @@ def test_the_console_lists_follows_and_deletes_with_a_token(
     page.wait_for_function("() => document.body.dataset.ready === 'true'")
     assert page.locator("#uploads li", has_text="harbour.jpg").count() == 0
     assert errors == []
+    assert [url for url in requests if _is_remote(url, token_server.url)] == []
     page.close()
     # A token without the delete scope sees no delete button.
     reader, _, _ = _console(browser, token_server, hs256("yara"))

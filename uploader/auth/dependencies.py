@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
 from uploader.auth.api_keys import ApiKeyDirectory, id_of
 from uploader.auth.principal import ANONYMOUS, DELETE, OWNER_SCOPES, READ, UPLOAD, Principal
-from uploader.auth.tokens import TokenVerifier, looks_like_jwt
 from uploader.db.engine import Database
 from uploader.kit.errors import ProblemError
 from uploader.settings import Settings
+
+if TYPE_CHECKING:
+    from uploader.auth.tokens import TokenVerifier
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
@@ -47,7 +49,12 @@ class Authenticator:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
         self.bootstrap = {key.encode(): name for key, name in settings.api_keys.items()}
-        self.tokens = TokenVerifier(settings)
+        # PyJWT (and cryptography, ~15 MiB) is imported only where tokens are configured.
+        self.tokens: TokenVerifier | None = None
+        if settings.jwt_secret is not None or settings.jwt_jwks_url:
+            from uploader.auth.tokens import TokenVerifier
+
+            self.tokens = TokenVerifier(settings)
         self.keys = ApiKeyDirectory(db, settings.api_key_cache_seconds)
 
     async def required(self) -> bool:
@@ -55,7 +62,7 @@ class Authenticator:
         them is configured (a bootstrap key, a JWT key, or a key in the database)."""
         if self.settings.auth_required is not None:
             return self.settings.auth_required
-        if self.bootstrap or self.tokens.configured:
+        if self.bootstrap or self.tokens is not None:
             return True
         return await self.keys.any_active()
 
@@ -71,8 +78,8 @@ class Authenticator:
             if key is None:
                 raise _unauthorized("the API key is unknown or revoked")
             return key.as_principal()
-        if where == "bearer" and looks_like_jwt(credential):
-            if not self.tokens.configured:
+        if where == "bearer" and credential.count(".") == 2:  # the shape of a JWT
+            if self.tokens is None:
                 raise ProblemError(
                     "auth.invalid_token",
                     "this server accepts no tokens (no JWT key is configured)",

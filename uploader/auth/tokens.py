@@ -61,10 +61,6 @@ def _invalid(detail: str) -> ProblemError:
     )
 
 
-def looks_like_jwt(credential: str) -> bool:
-    return credential.count(".") == 2
-
-
 class JwksKeys:
     """The keys at a JWKS URL: cached, fetched again after ``cache_seconds`` and when a
     token names a kid the cache does not have, but never more often than every

@@ -8,17 +8,17 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
+from typing import TYPE_CHECKING, Any
 
-from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import FixedWindowRateLimiter
-from limits.errors import StorageError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from uploader.kit.errors import RETRY_AFTER_SECONDS, DependencyUnavailable, ProblemError, problem_response
 from uploader.kit.logging import get_logger
 from uploader.settings import Settings
+
+if TYPE_CHECKING:
+    from limits import RateLimitItem
 
 log = get_logger(__name__)
 
@@ -32,23 +32,33 @@ def _policy(name: str, item: RateLimitItem) -> str:
 
 class RateLimits:
     def __init__(self, settings: Settings) -> None:
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies]
+        self.create: RateLimitItem | None = None
+        self.per_ip: RateLimitItem | None = None
+        self.limiter: Any = None
+        if not (settings.rate_limit_create or settings.rate_limit_ip):
+            return  # the library is imported only where limits are set (it weighs ~10 MiB)
+        from limits import parse
+        from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+        from limits.aio.strategies import FixedWindowRateLimiter
+        from limits.errors import StorageError
+
+        self._storage_error = StorageError
         self.create = parse(settings.rate_limit_create) if settings.rate_limit_create else None
         self.per_ip = parse(settings.rate_limit_ip) if settings.rate_limit_ip else None
-        self.storage: Storage | None = None
-        if self.create is not None or self.per_ip is not None:
-            if settings.redis_url:
-                self.storage = RedisStorage(
-                    "async+" + settings.redis_url,
-                    implementation="redispy",
-                    key_prefix=f"{settings.redis_prefix}:rate",
-                    wrap_exceptions=True,
-                    socket_timeout=2,
-                    socket_connect_timeout=2,
-                )
-            else:
-                self.storage = MemoryStorage()
-        self.limiter = FixedWindowRateLimiter(self.storage) if self.storage is not None else None
-        self.trusted = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies]
+        storage: Storage
+        if settings.redis_url:
+            storage = RedisStorage(
+                "async+" + settings.redis_url,
+                implementation="redispy",
+                key_prefix=f"{settings.redis_prefix}:rate",
+                wrap_exceptions=True,
+                socket_timeout=2,
+                socket_connect_timeout=2,
+            )
+        else:
+            storage = MemoryStorage()
+        self.limiter = FixedWindowRateLimiter(storage)
 
     async def hit_create(self, principal: str, cost: int = 1) -> None:
         if self.create is not None:
@@ -64,7 +74,7 @@ class RateLimits:
             if await self.limiter.hit(item, name, identity, cost=cost):
                 return
             stats = await self.limiter.get_window_stats(item, name, identity)
-        except StorageError as exc:
+        except self._storage_error as exc:
             raise DependencyUnavailable("redis", f"rate limits: {exc}") from exc
         wait = max(1, math.ceil(stats.reset_time - time.time()))
         raise ProblemError(

@@ -142,3 +142,66 @@ async def test_forced_metadata_wins_over_what_the_client_sends(settings: Setting
         head = await client.head(f"/files/{uid}", headers={**TUS, **bearer(token)})
         pairs = dict(p.split(" ") for p in head.headers["Upload-Metadata"].split(","))
         assert base64.b64decode(pairs["project"]) == b"apollo"
+
+
+async def test_parts_of_a_parallel_upload_are_not_files_the_final_upload_is(settings: Settings) -> None:
+    """tus-js-client's parallel uploads send their parts without metadata: a token limited
+    to some types and files still lets them through, and judges the final upload."""
+    async with in_process_client(_with(settings)) as client:
+        token = hs256(jti="parallel-1", uploader={"types": ["text/plain"], "max_files": 1})
+        parts = []
+        for piece in (b"hello ", b"world"):
+            created = await client.post(
+                "/files/",
+                headers={
+                    **TUS,
+                    "Upload-Length": str(len(piece)),
+                    "Upload-Concat": "partial",
+                    **bearer(token),
+                },
+            )
+            assert created.status_code == 201, created.text
+            path = created.headers["Location"].removeprefix("http://testserver")
+            assert (
+                await client.patch(
+                    path,
+                    content=piece,
+                    headers={
+                        **TUS,
+                        "Content-Type": "application/offset+octet-stream",
+                        "Upload-Offset": "0",
+                        **bearer(token),
+                    },
+                )
+            ).status_code == 204
+            parts.append(path)
+        final = await client.post(
+            "/files/",
+            headers={
+                **TUS,
+                "Upload-Concat": "final;" + " ".join(parts),
+                "Upload-Metadata": metadata(filename="greeting.txt", filetype="text/plain"),
+                **bearer(token),
+            },
+        )
+        assert final.status_code == 201, final.text
+        uid = final.headers["Location"].rsplit("/", 1)[-1]
+        content = await client.get(f"/api/v1/uploads/{uid}/content", headers=bearer(token))
+        assert content.content == b"hello world"
+        # The final upload was the token's one file.
+        _refused(await _tus_create(client, token, 3, filetype="text/plain"), 403, "token.exhausted")
+        # A final of a type the token does not allow is refused like any upload.
+        other = hs256(jti="parallel-2", uploader={"types": ["text/plain"]})
+        part = await client.post(
+            "/files/", headers={**TUS, "Upload-Length": "1", "Upload-Concat": "partial", **bearer(other)}
+        )
+        wrong = await client.post(
+            "/files/",
+            headers={
+                **TUS,
+                "Upload-Concat": "final;" + part.headers["Location"].removeprefix("http://testserver"),
+                "Upload-Metadata": metadata(filetype="application/zip"),
+                **bearer(other),
+            },
+        )
+        _refused(wrong, 415, "upload.type_not_allowed")

@@ -65,7 +65,9 @@ def test_tus_js_client_parallel_uploads_with_a_minted_token(
     token_server: LiveServer, node_client: NodeClient, tmp_path: Path
 ) -> None:
     source = random_file(tmp_path / "parallel.bin", 2 * MiB + 5)
-    token = hs256("zoe")
+    # One file, of one type: the three parts are pieces of it, not files.
+    limits = {"types": ["application/octet-stream"], "max_files": 1, "max_size": 3 * MiB}
+    token = hs256("zoe", jti="parallel-run", uploader=limits)
     url = node_client.upload(
         token_server.tus_url,
         source,
@@ -75,6 +77,7 @@ def test_tus_js_client_parallel_uploads_with_a_minted_token(
         f"Authorization=Bearer {token}",
         "--metadata",
         "filename=parallel.bin",
+        "filetype=application/octet-stream",
     )
     status = _settled(token_server, url, token)
     assert status["state"] == "ready"

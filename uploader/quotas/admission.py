@@ -39,6 +39,7 @@ class Admitted:
     allowed_types: list[str] | None = None
     size_limit: int | None = None
     counted: bool = field(default=False)  # whether recording it must check files or quota
+    files: bool = True  # whether it counts against the token's files (a part does not)
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,13 @@ class Admission:
         declared_type: str | None = None,
         rate_cost: int = 1,
         per_file: bool = False,
+        partial: bool = False,
     ) -> Admitted:
         """The checks that need no database, before anything is stored: the creation rate,
         the token's size and types (``per_file``: the caller checks those as each file
-        begins, a form). Returns the metadata with the token's pairs forced in."""
+        begins, a form). A partial upload is a piece of a file, not one: its type and the
+        token's files are checked on the final upload that joins the pieces. Returns the
+        metadata with the token's pairs forced in."""
         principal.require("upload")
         if rate_cost:
             await self.rates.hit_create(principal.name, rate_cost)
@@ -107,7 +111,7 @@ class Admission:
             raise ProblemError(
                 "upload.too_large", f"this token allows files of {limits.max_size} bytes at most"
             )
-        if limits.types is not None and not per_file:
+        if limits.types is not None and not per_file and not partial:
             self.check_type(principal, declared_type or declared_type_of(meta))
         if limits.metadata:
             meta = {**meta, **{key: encode_value(value) for key, value in limits.metadata.items()}}
@@ -115,7 +119,8 @@ class Admission:
             meta,
             allowed_types=list(limits.types) if limits.types is not None else None,
             size_limit=limits.max_size,
-            counted=counted or limits.max_files is not None,
+            counted=counted or (limits.max_files is not None and not partial),
+            files=not partial,
         )
 
     @staticmethod
@@ -135,12 +140,19 @@ class Admission:
             return server_maximum
         return min(server_maximum, limits.max_size)
 
-    def reserve(self, connection: Connection, principal: Principal, lengths: Sequence[int | None]) -> None:
+    def reserve(
+        self,
+        connection: Connection,
+        principal: Principal,
+        lengths: Sequence[int | None],
+        *,
+        files: bool = True,
+    ) -> None:
         """In the transaction that records ``len(lengths)`` new uploads, after their insert:
         count them against the token's files and the principal's quota; raises (rolling
         the transaction back) when over."""
         limits = principal.limits
-        if limits is not None and limits.max_files is not None and limits.token_id is not None:
+        if files and limits is not None and limits.max_files is not None and limits.token_id is not None:
             self._count_files(connection, limits.token_id, limits.max_files, limits.expires_at, len(lengths))
         quota_bytes, quota_active = self.quota_of(principal)
         if quota_bytes is None and quota_active is None:

@@ -234,7 +234,8 @@ class UploadService:
         if length is not None and length > self.settings.max_upload_size:
             raise ProblemError("upload.too_large", f"Upload-Length exceeds {self.settings.max_upload_size}")
         if admitted is None:
-            admitted = await self.admission.admit(principal, length, meta)
+            is_part = concat_role == ConcatRole.PARTIAL
+            admitted = await self.admission.admit(principal, length, meta, partial=is_part)
         meta = admitted.meta
         upload_id = new_upload_id()
         now = utcnow()
@@ -284,7 +285,9 @@ class UploadService:
         for upload in new:
             repository.insert(connection, upload)
         if admitted.counted:  # after the insert: its usage row now holds them, and is held
-            self.admission.reserve(connection, principal, [upload.length for upload in new])
+            self.admission.reserve(
+                connection, principal, [upload.length for upload in new], files=admitted.files
+            )
 
     async def _discard_stored(self, storage_key: str) -> None:
         """Bytes stored for an upload that was then refused (over quota, say)."""

@@ -76,13 +76,20 @@ class Runtime:
             embedded = settings.processing == "embedded"
             processor = EmbeddedProcessor(settings, db, pipeline) if embedded else queued_processor
         admission = Admission(settings, rates or RateLimits(settings))
+        hooks = None
+        if settings.hook_url and serves_requests:  # only requests are hooked
+            from uploader.hooks.http import HttpHooks
+
+            hooks = HttpHooks(settings, admission.rates.client_address)
         service = UploadService(
-            settings, db, store, locker, processor=processor, events=events, admission=admission
+            settings, db, store, locker, processor=processor, events=events, admission=admission, hooks=hooks
         )
         return cls(settings, db, store, events, locker, pipeline, service, processor)
 
     async def close(self) -> None:
         self.locker.interrupt_all()
+        if self.service.hooks is not None:
+            await self.service.hooks.close()
         if self.processor is not None:
             await self.processor.close()
         await self.store.close()

@@ -14,6 +14,7 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 
 
+HOOK_EVENTS = ("pre-create", "pre-terminate")  # pre-finish is not built yet: refused, not ignored
 _VARIANT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
@@ -191,6 +192,17 @@ class Settings(BaseSettings):
     broker_visibility_timeout_seconds: int = Field(
         default=3600, gt=0, description="An unacknowledged task is redelivered after this long."
     )
+    hook_url: str | None = Field(default=None, description="Blocking hooks are POSTed here.")
+    hook_secret: SecretStr | None = Field(
+        default=None, description="HMAC key that signs hook requests; unset: the webhook secret."
+    )
+    hook_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="A hook slower than this fails closed."
+    )
+    hook_events: list[str] = Field(
+        default_factory=lambda: ["pre-create", "pre-terminate"],
+        description='Which hooks are called, JSON: ["pre-create", "pre-terminate"].',
+    )
     webhook_url: str | None = Field(default=None, description="POST upload.received/ready/failed here.")
     webhook_secret: str | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures.")
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -230,12 +242,26 @@ class Settings(BaseSettings):
             raise ValueError(
                 "UPLOADER_JWT_SECRET must be at least 32 bytes (RFC 7518: HS256 keys have 256 bits)"
             )
+        if self.hook_url and not (self.hook_secret or self.webhook_secret):
+            raise ValueError(
+                "UPLOADER_HOOK_URL needs UPLOADER_HOOK_SECRET (or UPLOADER_WEBHOOK_SECRET) to sign"
+            )
+        unknown = set(self.hook_events) - set(HOOK_EVENTS)
+        if unknown:
+            raise ValueError(f"unknown hook events {sorted(unknown)}; known: {', '.join(HOOK_EVENTS)}")
         if self.webhook_url and not self.webhook_secret:
             raise ValueError("UPLOADER_WEBHOOK_URL needs UPLOADER_WEBHOOK_SECRET to sign deliveries")
         names = [variant.name for variant in self.variants]
         if len(names) != len(set(names)):
             raise ValueError("variant names must be unique")
         return self
+
+    @property
+    def hook_signing_secret(self) -> str:
+        secret = self.hook_secret or self.webhook_secret
+        if secret is None:
+            raise ValueError("no hook secret")
+        return secret.get_secret_value() if isinstance(secret, SecretStr) else secret
 
     @property
     def task_queue(self) -> str:

@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from uploader.auth.api_keys import ApiKeyDirectory, id_of
 from uploader.auth.principal import ANONYMOUS, DELETE, OWNER_SCOPES, READ, UPLOAD, Principal
 from uploader.db.engine import Database
+from uploader.hooks.http import current_request
 from uploader.kit.errors import ProblemError
 from uploader.settings import Settings
 
@@ -94,7 +95,9 @@ class Authenticator:
 
 
 async def current_principal(request: Request) -> Principal:
-    """Every request has exactly one principal; uploads belong to it."""
+    """Every request has exactly one principal; uploads belong to it. The request is kept
+    for the blocking hooks, which tell the application who asked (``hooks/http.py``)."""
+    current_request.set(request)
     authenticator: Authenticator = request.app.state.auth
     return await authenticator.authenticate(request)
 

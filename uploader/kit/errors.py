@@ -42,6 +42,8 @@ ERRORS: dict[str, ErrorKind] = {
     "token.exhausted": ErrorKind(403, "The token has made all the files it may"),
     "quota.exceeded": ErrorKind(403, "The quota is used up"),
     "rate.limited": ErrorKind(429, "Too many requests"),
+    "hook.rejected": ErrorKind(403, "The application refused this"),  # the hook says which 4xx
+    "hook.unavailable": ErrorKind(503, "The application's hook did not answer"),
     "tus.version_unsupported": ErrorKind(412, "Unsupported tus version"),
     "tus.content_type": ErrorKind(415, "PATCH bodies must be application/offset+octet-stream"),
     "tus.header_invalid": ErrorKind(400, "A tus header is malformed"),
@@ -116,7 +118,9 @@ class ProblemError(Exception):
         detail: str | None = None,
         headers: dict[str, str] | None = None,
         members: dict[str, Any] | None = None,
+        status: int | None = None,
     ) -> None:
+        """``status``: another status than the code's own (a hook's rejection says which)."""
         if code not in ERRORS:
             raise KeyError(f"unknown error code {code}")
         super().__init__(detail or ERRORS[code].title)
@@ -124,10 +128,11 @@ class ProblemError(Exception):
         self.detail = detail or ERRORS[code].title
         self.headers = headers or {}
         self.members = members or {}  # extension members of the problem document
+        self._status = status
 
     @property
     def status(self) -> int:
-        return ERRORS[self.code].status
+        return self._status or ERRORS[self.code].status
 
 
 def problem_response(
@@ -136,12 +141,14 @@ def problem_response(
     detail: str,
     headers: dict[str, str] | None = None,
     members: dict[str, Any] | None = None,
+    status: int | None = None,
 ) -> Response:
     kind = ERRORS[code]
+    status = status or kind.status
     body: dict[str, Any] = {
         "type": kind.type_uri or f"https://uploader.dev/problems/{code}",
         "title": kind.title,
-        "status": kind.status,
+        "status": status,
         "detail": detail,
         "code": code,
         "instance": request.url.path,
@@ -158,10 +165,8 @@ def problem_response(
             all_headers.setdefault("Tus-Resumable", "1.0.0")
     if request.method == "HEAD":
         # HEAD responses carry no body, but keep the headers.
-        return Response(status_code=kind.status, headers=all_headers)
-    return JSONResponse(
-        body, status_code=kind.status, headers=all_headers, media_type="application/problem+json"
-    )
+        return Response(status_code=status, headers=all_headers)
+    return JSONResponse(body, status_code=status, headers=all_headers, media_type="application/problem+json")
 
 
 _STATUS_CODES = {400: "request.invalid", 404: "request.not_found", 405: "request.method_not_allowed"}
@@ -170,7 +175,7 @@ _STATUS_CODES = {400: "request.invalid", 404: "request.not_found", 405: "request
 def install_error_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProblemError)
-        return problem_response(request, exc.code, exc.detail, exc.headers, exc.members)
+        return problem_response(request, exc.code, exc.detail, exc.headers, exc.members, exc.status)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

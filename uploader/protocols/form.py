@@ -16,14 +16,15 @@ from starlette.responses import JSONResponse
 
 from uploader.auth.dependencies import CurrentPrincipal
 from uploader.auth.principal import Principal
+from uploader.db.models import Upload
 from uploader.kit.errors import ProblemError
 from uploader.protocols.form_reader import FormReader
 from uploader.storage.base import RunningDigest, StoredUpload, TerminatableUpload, WriteProgress
 from uploader.uploads.body import BodyTooLong, RequestBody
 from uploader.uploads.dependencies import service_of
-from uploader.uploads.metadata import encode_value
+from uploader.uploads.metadata import declared_type_of, encode_value, filename_of
 from uploader.uploads.schemas import UploadStatus
-from uploader.uploads.service import ReceivedFile, UploadService, new_storage_key
+from uploader.uploads.service import ReceivedFile, UploadService, new_storage_key, new_upload_id
 
 router = APIRouter(prefix="/api/v1/uploads", tags=["uploads"])
 MAX_FILES = 100
@@ -71,6 +72,20 @@ async def _receive(
             raise ProblemError("form.too_many_parts", f"more than {MAX_FILES} files in one form")
         service.admission.check_type(principal, part.content_type)
         key = new_storage_key()
+        meta: dict[str, str | None] = {"filename": encode_value(part.filename)}
+        if part.content_type:
+            meta["filetype"] = encode_value(part.content_type)
+        # The pre-create hook is asked as each file begins, before a byte of it is stored
+        # (the form's fields so far go with it).
+        draft = Upload(
+            id=new_upload_id(),
+            owner=principal.name,
+            storage_key=key,
+            meta={**{n: encode_value(v) for n, v in fields.items()}, **meta},
+            filename=filename_of(meta),
+            declared_type=declared_type_of(meta),
+        )
+        meta.update(await service.before_create(draft))
         target = await service.store.create(key, None)
         stored.append(target)
         body = RequestBody(reader.data(), limit)
@@ -82,10 +97,11 @@ async def _receive(
         if body.disconnected:
             raise ProblemError("form.truncated", "the client went away in the middle of a file")
         await target.finish(written)
-        meta: dict[str, str | None] = {"filename": encode_value(part.filename)}
-        if part.content_type:
-            meta["filetype"] = encode_value(part.content_type)
-        files.append(ReceivedFile(storage_key=key, length=written, sha256=digest.hexdigest(), meta=meta))
+        files.append(
+            ReceivedFile(
+                storage_key=key, length=written, sha256=digest.hexdigest(), meta=meta, upload_id=draft.id
+            )
+        )
     if not files:
         raise ProblemError("form.no_files", "the form has no file parts")
     # Fields may come after the files: every file gets them all once the form is read.

@@ -140,7 +140,7 @@ def build_tus_router(tus_path: str) -> APIRouter:
                 )
             except ProblemError as exc:
                 if exc.code in ("tus.checksum_mismatch", "upload.exceeds_length"):
-                    await service.terminate(principal.name, upload.id)
+                    await service.terminate(principal.name, upload.id, ask_hook=False)
                 raise
         return Response(
             status_code=201,

@@ -21,6 +21,7 @@ from uploader.auth.principal import Principal
 from uploader.db.engine import Database
 from uploader.db.models import ConcatRole, Upload, UploadState, utcnow
 from uploader.events.bus import EventBus, LocalEventBus
+from uploader.hooks.http import HttpHooks
 from uploader.kit.errors import DependencyUnavailable, ProblemError
 from uploader.kit.logging import get_logger
 from uploader.processing.base import Processor
@@ -42,7 +43,7 @@ from uploader.storage.base import (
 from uploader.uploads import repository
 from uploader.uploads.body import BodyTooLong, RequestBody
 from uploader.uploads.locks import LeaseLost, LocalLocker, LockHolder, UploadLocked, UploadLocker
-from uploader.uploads.metadata import declared_type_of, filename_of
+from uploader.uploads.metadata import declared_type_of, encode_value, filename_of
 
 log = get_logger(__name__)
 
@@ -84,6 +85,7 @@ class ReceivedFile:
     length: int
     sha256: str
     meta: dict[str, str | None]
+    upload_id: str | None = None  # the id the pre-create hook was told, if it was asked
 
 
 def new_upload_id() -> str:
@@ -105,9 +107,11 @@ class UploadService:
         processor: Processor | None = None,
         events: EventBus | None = None,
         admission: Admission | None = None,
+        hooks: HttpHooks | None = None,
     ) -> None:
         self.settings = settings
         self.admission = admission or Admission(settings, RateLimits(settings))
+        self.hooks = hooks  # None: no hook configured, and nothing to pay
         self.events: EventBus = events or LocalEventBus()
         self.db = db
         self.store = store
@@ -260,6 +264,8 @@ class UploadService:
             allowed_types=admitted.allowed_types,
             size_limit=admitted.size_limit,
         )
+        if concat_role != ConcatRole.PARTIAL:  # a part is a piece of a file: its final is asked
+            await self.before_create(upload)
         await self._storage(self.store.create(upload.storage_key, length))
         try:
             await self.db.run(
@@ -278,6 +284,18 @@ class UploadService:
             await self._complete(upload, await self.store.find(upload.storage_key), upload.writer_generation)
             await self._after_complete(upload)
         return upload
+
+    async def before_create(self, draft: Upload) -> dict[str, str | None]:
+        """The pre-create hook, before anything is stored: it may refuse the upload (its
+        error propagates) or add metadata to it; returns what it added (as stored)."""
+        if self.hooks is None or not self.hooks.wants("pre-create"):
+            return {}
+        answer = await self.hooks.ask("pre-create", draft, draft.owner)
+        added: dict[str, str | None] = {key: encode_value(value) for key, value in answer.metadata.items()}
+        if added:
+            draft.meta = {**draft.meta, **added}
+            draft.filename, draft.declared_type = filename_of(draft.meta), declared_type_of(draft.meta)
+        return added
 
     def _insert_admitted(
         self, connection: Any, *, principal: Principal, admitted: Admitted, new: list[Upload]
@@ -308,7 +326,7 @@ class UploadService:
         state = UploadState.RECEIVED if self.processor is not None else UploadState.READY
         uploads = [
             Upload(
-                id=new_upload_id(),
+                id=file.upload_id or new_upload_id(),
                 owner=owner,
                 state=state,
                 length=file.length,
@@ -725,10 +743,18 @@ class UploadService:
 
     # -- removing --------------------------------------------------------------
 
-    async def terminate(self, owner: str | None, upload_id: str, *, may_delete_finished: bool = True) -> None:
+    async def terminate(
+        self, owner: str | None, upload_id: str, *, may_delete_finished: bool = True, ask_hook: bool = True
+    ) -> None:
         """Remove an upload and its bytes. ``may_delete_finished``: whether the caller may
         remove one that is complete (the ``delete`` scope); any caller with ``upload``
-        may abandon its unfinished uploads."""
+        may abandon its unfinished uploads. The pre-terminate hook is asked first, with no
+        lock held (``ask_hook`` False: a cleanup of the service's own, not a request)."""
+        if ask_hook and self.hooks is not None and self.hooks.wants("pre-terminate"):
+            upload = await self.get(owner, upload_id, allow_gone=True)
+            if upload.state == UploadState.TERMINATED:
+                raise ProblemError("upload.not_found")
+            await self.hooks.ask("pre-terminate", upload, owner or upload.owner)
         async with self._locked(upload_id):
             upload = await self.get(owner, upload_id, allow_gone=True)
             if upload.state == UploadState.TERMINATED:

@@ -1,0 +1,96 @@
+"""A hook receiver on loopback whose answer each test chooses; the hooks run on SQLite
+and on PostgreSQL, with local storage."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(params=["sqlite+local", "postgres+local"])
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    database, storage = request.param.split("+")
+    return database, storage
+
+
+@dataclass
+class Asked:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def document(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.body)
+        return parsed
+
+
+# (status, body bytes, extra headers, seconds to wait first)
+Answer = tuple[int, bytes, dict[str, str], float]
+
+
+@dataclass
+class HookReceiver:
+    url: str = ""
+    asked: list[Asked] = field(default_factory=list)
+    # event -> how to answer it; the default accepts.
+    answers: dict[str, Callable[[dict[str, Any]], Answer]] = field(default_factory=dict)
+
+    def answer(
+        self,
+        event: str,
+        status: int = 200,
+        body: Any = None,
+        *,
+        delay: float = 0.0,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        payload = raw if raw is not None else json.dumps({} if body is None else body).encode()
+        self.answers[event] = lambda _document: (status, payload, headers or {}, delay)
+
+    def events(self) -> list[str]:
+        return [asked.document["type"] for asked in self.asked]
+
+
+@pytest.fixture
+def hook_receiver() -> Iterator[HookReceiver]:
+    receiver = HookReceiver()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            asked = Asked(dict(self.headers.items()), body)
+            receiver.asked.append(asked)
+            reply = receiver.answers.get(asked.document["type"])
+            status, payload, headers, delay = reply(asked.document) if reply else (200, b"{}", {}, 0.0)
+            if delay:
+                time.sleep(delay)
+            try:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server stopped waiting (a timeout)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()

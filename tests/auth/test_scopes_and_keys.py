@@ -200,3 +200,15 @@ async def test_auth_required_says_so_either_way(settings: Settings) -> None:
         mine = await _uploaded_with_key(client, "boot-key-9")
         anonymous = await client.get(f"/api/v1/uploads/{mine}")
         assert anonymous.status_code == 404  # the key's uploads are its own
+
+
+async def test_another_authorization_scheme_is_not_taken_for_ours(settings: Settings) -> None:
+    """Behind a proxy that adds Basic credentials, an open server stays open; one that
+    needs ours still asks for them."""
+    basic = {"Authorization": "Basic dXNlcjpwYXNz"}
+    async with in_process_client(settings) as client:
+        assert (await client.get("/api/v1/uploads", headers=basic)).status_code == 200
+    async with in_process_client(_with(settings)) as client:
+        refused = await client.get("/api/v1/uploads", headers=basic)
+        assert refused.status_code == 401
+        assert refused.json()["code"] == "auth.unauthorized"

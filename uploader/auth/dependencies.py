@@ -30,11 +30,10 @@ def _unauthorized(detail: str) -> ProblemError:
 def presented_credential(request: Request) -> tuple[str, str] | None:
     """(where, credential): ``Authorization: Bearer``, ``X-API-Key``, or on GET requests
     only ``?access_token=`` (EventSource and ``<img>`` cannot send headers)."""
-    authorization = request.headers.get("authorization")
-    if authorization:
-        scheme, _, credential = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not credential.strip():
-            raise _unauthorized("send credentials as 'Authorization: Bearer <key or token>'")
+    # Another scheme (a proxy's Basic credentials, say) is not ours to judge: it is as if
+    # none was sent, so an open server stays open behind such a proxy.
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credential.strip():
         return "bearer", credential.strip()
     key = request.headers.get("x-api-key")
     if key:

@@ -14,6 +14,7 @@ const more = document.getElementById('more')
 const whoami = document.getElementById('whoami')
 const notice = document.getElementById('notice')
 const cards = new Map()
+const removed = new Set() // deleted or gone: a late answer or a replayed event never brings one back
 const GONE = new Set(['terminated', 'expired'])
 const FINISHED = new Set(['ready', 'failed'])
 let scopes = new Set()
@@ -122,12 +123,20 @@ function addVariant (view, uploadId, variant) {
   view.variants.append(link)
 }
 
+function forget (uploadId) {
+  removed.add(uploadId)
+  cards.get(uploadId)?.item.remove()
+  cards.delete(uploadId)
+}
+
 async function refresh (uploadId, { prepend = true } = {}) {
+  if (removed.has(uploadId)) return
   const response = await call(`/api/v1/uploads/${uploadId}`)
-  if (!response.ok) return
+  if (response.status === 404) { forget(uploadId); return }
+  if (!response.ok || removed.has(uploadId)) return
   const status = await response.json()
   const view = cards.get(uploadId)
-  if (GONE.has(status.state)) { view?.item.remove(); cards.delete(uploadId); return }
+  if (GONE.has(status.state)) { forget(uploadId); return }
   if (view) render(view, status)
   else if (status.concat !== 'partial' && status.created_at >= newestShown) {
     // A new upload (from this page, or another client of the principal); older ones the
@@ -155,8 +164,7 @@ async function loadPage () {
 async function removeUpload (uploadId) {
   const response = await call(`/api/v1/uploads/${uploadId}`, { method: 'DELETE' })
   if (response.status === 204 || response.status === 404) {
-    cards.get(uploadId)?.item.remove()
-    cards.delete(uploadId)
+    forget(uploadId)
     await showUsage()
   } else {
     warn(`delete: ${(await response.json()).detail ?? response.status}`)
@@ -164,15 +172,30 @@ async function removeUpload (uploadId) {
 }
 
 function followEverything () {
+  // A reconnecting stream replays the principal's recent history first: events of uploads
+  // shown are applied from what they carry, and only an upload's end is worth a request
+  // (its variants, its checksum); an upload not shown is fetched only if it is new.
   const source = new EventSource(withToken(`${api}/api/v1/events`))
+  const shownSince = () => (newestShown ? new Date(newestShown).getTime() : 0)
   const update = (event) => {
     const data = JSON.parse(event.data)
-    const view = cards.get(data.upload_id)
-    if (event.type === 'variant.ready' && view) { addVariant(view, data.upload_id, data.variant); return }
-    if (event.type === 'processing.step_progress' && view) { view.bar.value = data.progress; return }
-    if (event.type === 'processing.step_started' && view) { view.state.textContent = `processing: ${data.step}`; return }
-    refresh(data.upload_id)
-    if (['upload.ready', 'upload.failed', 'upload.terminated', 'upload.expired', 'upload.created'].includes(event.type)) showUsage()
+    const uploadId = data.upload_id
+    if (removed.has(uploadId)) return
+    const view = cards.get(uploadId)
+    if (event.type === 'upload.terminated' || event.type === 'upload.expired') { forget(uploadId); showUsage(); return }
+    if (!view) {
+      if (event.type === 'upload.created' && new Date(data.at).getTime() >= shownSince()) refresh(uploadId)
+      return
+    }
+    if (event.type === 'variant.ready') { addVariant(view, uploadId, data.variant); return }
+    if (event.type === 'processing.step_progress') { view.bar.value = data.progress; return }
+    if (event.type === 'processing.step_started') { view.state.textContent = `processing: ${data.step}`; return }
+    if (event.type === 'upload.ready' || event.type === 'upload.failed') { refresh(uploadId); showUsage(); return }
+    if (data.state) {
+      view.item.dataset.state = data.state
+      view.state.textContent = data.state
+      if (data.length) view.bar.value = data.offset / data.length
+    }
   }
   for (const type of ['upload.created', 'upload.received', 'upload.processing', 'processing.step_started',
     'processing.step_progress', 'variant.ready', 'upload.ready', 'upload.failed', 'upload.expired', 'upload.terminated']) {

@@ -137,10 +137,6 @@ class TokenVerifier:
         )
         self._verified: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
 
-    @property
-    def configured(self) -> bool:
-        return self.secret is not None or self.jwks is not None
-
     async def verify(self, token: str) -> Principal:
         cached = self._verified.get(token)
         if cached is not None:

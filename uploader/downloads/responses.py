@@ -59,10 +59,18 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+def ensure_bytes_kept(upload: Upload) -> None:
+    """An upload whose bytes were removed (a type its token did not allow) has nothing to
+    download, nor variants: ``410 upload.rejected``."""
+    if upload.bytes_removed:
+        raise ProblemError("upload.rejected", f"its bytes were removed: {upload.failure_reason}")
+
+
 async def content_response(
     request: Request, upload: Upload, store: UploadStore, media_type: str | None = None
 ) -> Response:
     """The original bytes of a complete upload."""
+    ensure_bytes_kept(upload)
     if not upload.is_complete or upload.length is None:
         raise ProblemError("upload.incomplete", f"{upload.offset} of {upload.length} bytes received")
     stored = await store.find(upload.storage_key)

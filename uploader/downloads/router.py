@@ -8,18 +8,16 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from uploader.auth.dependencies import Reading
-from uploader.db.models import Upload
-from uploader.downloads.responses import content_disposition, content_response, ranged_response
+from uploader.downloads.responses import (
+    content_disposition,
+    content_response,
+    ensure_bytes_kept,
+    ranged_response,
+)
 from uploader.kit.errors import ProblemError
 from uploader.uploads.dependencies import checked_upload_id, service_of
 
 router = APIRouter(prefix="/api/v1/uploads", tags=["downloads"])
-
-
-def _with_bytes(upload: Upload) -> Upload:
-    if upload.bytes_removed:
-        raise ProblemError("upload.rejected", f"its bytes were removed: {upload.failure_reason}")
-    return upload
 
 
 @router.head("/{upload_id}/content", include_in_schema=False)
@@ -27,7 +25,7 @@ def _with_bytes(upload: Upload) -> Upload:
 async def download_content(request: Request, upload_id: str, principal: Reading) -> Response:
     """Stream the uploaded file, with Range, ETag and If-None-Match support."""
     service = service_of(request)
-    upload = _with_bytes(await service.get(principal.owner_filter, checked_upload_id(upload_id)))
+    upload = await service.get(principal.owner_filter, checked_upload_id(upload_id))
     return await content_response(request, upload, service.store)
 
 
@@ -36,7 +34,8 @@ async def download_content(request: Request, upload_id: str, principal: Reading)
 async def download_variant(request: Request, upload_id: str, name: str, principal: Reading) -> Response:
     """Stream an image variant made by processing, with the same Range and ETag support."""
     service = service_of(request)
-    upload = _with_bytes(await service.get(principal.owner_filter, checked_upload_id(upload_id)))
+    upload = await service.get(principal.owner_filter, checked_upload_id(upload_id))
+    ensure_bytes_kept(upload)
     variant = next((v for v in upload.variants or [] if v["name"] == name), None)
     if variant is None:
         raise ProblemError("variant.not_found", f"upload {upload.id} has no variant {name!r}")

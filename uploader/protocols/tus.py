@@ -208,8 +208,6 @@ def build_tus_router(tus_path: str) -> APIRouter:
         principal.require(READ)
         service = service_of(request)
         upload = await service.get(principal.owner_filter, checked_upload_id(upload_id))
-        if upload.bytes_removed:
-            raise ProblemError("upload.rejected", f"its bytes were removed: {upload.failure_reason}")
         return await content_response(request, upload, service.store)
 
     return router

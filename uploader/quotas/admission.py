@@ -13,7 +13,7 @@ writer does). A principal with no limits adds no statement.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,7 +38,7 @@ class Admitted:
     meta: dict[str, str | None]
     allowed_types: list[str] | None = None
     size_limit: int | None = None
-    counted: bool = field(default=False)  # whether recording it must check files or quota
+    counted: bool = False  # whether recording it must check files or quota
     files: bool = True  # whether it counts against the token's files (a part does not)
 
 

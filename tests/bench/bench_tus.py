@@ -13,9 +13,12 @@ each round) so that the noise of this shared machine hits all of them alike:
 Besides our default configuration, ``--variant "LABEL:KEY=VALUE[,KEY=VALUE...]"`` (repeatable)
 adds our server started with that extra environment as one more row, alternated with the rest;
 each row of ours gets its ratios to @tus-file and tuspyserver. The RSS check uses the default.
-A variant that sets ``UPLOADER_JWT_SECRET`` requires tokens: the load client sends one minted
-with that secret (``tusbench.py`` cannot send headers, so such a run measures the load only:
-``--sizes-mib ''``, which prints the load table with each row's ratio to the first of ours).
+A variant's values may name ``{webhook_sink}``: a receiver the run starts in its own process
+(``webhook_sink.py``, answering 204 at once), so ``UPLOADER_WEBHOOK_URL={webhook_sink}``
+measures uploads with webhooks delivered. A variant that sets ``UPLOADER_JWT_SECRET``
+requires tokens: the load client sends one minted with that secret (``tusbench.py`` cannot
+send headers, so such a run measures the load only: ``--sizes-mib ''``, which prints the
+load table with each row's ratio to the first of ours).
 
 Between measurements the server is left to finish its own work, every upload the run made is
 deleted (tus DELETE of the client's upload, and of whatever our status API still lists; the
@@ -264,7 +267,9 @@ class OurServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _subst(self, s: str) -> str:
-        return s.format(host=HOST, port=self.port, data_dir=self.data_dir)
+        return s.format(
+            host=HOST, port=self.port, data_dir=self.data_dir, webhook_sink=self.args.webhook_sink_url
+        )
 
     def start(self) -> Server:
         argv = [self._subst(a) for a in shlex.split(self.args.server_cmd)]
@@ -1050,6 +1055,22 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def start_webhook_sink(args: argparse.Namespace, work_dir: Path) -> subprocess.Popen[bytes] | None:
+    """The receiver of variants whose environment names ``{webhook_sink}`` (a webhook
+    URL): its own process, answering 204 at once."""
+    args.webhook_sink_url = ""
+    if not any("{webhook_sink}" in item for v in args.variants for item in v.env):
+        return None
+    port = args.port + 90
+    args.webhook_sink_url = f"http://{HOST}:{port}/hooks"
+    script = Path(__file__).with_name("webhook_sink.py")
+    with (work_dir / "webhook-sink.log").open("ab") as out:
+        sink = subprocess.Popen([sys.executable, str(script), "--port", str(port)], stdout=out, stderr=out)
+    wait_until(lambda: port_open(port), 10, "webhook sink", alive=lambda: sink.poll() is None)
+    log(f"webhook sink on {args.webhook_sink_url}")
+    return sink
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -1078,6 +1099,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     peers = None if args.skip_peers else Peers(bench_dir, args.peers_dir.resolve(), args.peers)
     ours = [OurServer(args, work_dir, v, args.port + i) for i, v in enumerate(args.variants)]
     ok = False
+    sink = start_webhook_sink(args, work_dir)
     try:
         for size in sorted(
             set(args.sizes_mib + ([] if args.only_peers or args.skip_rss else args.rss_sizes_mib))
@@ -1100,6 +1122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             o.stop()
         if peers:
             peers.stop()
+        if sink is not None:
+            sink.terminate()
+            sink.wait(10)
+            log(tail(work_dir / "webhook-sink.log"))
         if (ok and not args.keep_work_dir) or not any(work_dir.iterdir()):
             shutil.rmtree(work_dir, ignore_errors=True)
         else:

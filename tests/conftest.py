@@ -61,7 +61,7 @@ async def _admin(sql: str) -> None:
 async def _empty_uploads(url: str) -> None:
     """No uploads, no API keys, no counted tokens: every test starts open and empty."""
     db = Database(url)
-    for table in ("uploads", "api_keys", "token_uses", "principal_usage"):
+    for table in ("uploads", "api_keys", "token_uses", "principal_usage", "webhook_outbox"):
         await db.run(lambda session, table=table: session.execute(text(f"DELETE FROM {table}")))
     await db.dispose()
 

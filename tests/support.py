@@ -255,34 +255,66 @@ class WorkerProcess:
 
 
 class WebhookReceiver:
-    """An HTTP endpoint on loopback that records what it is sent; it can fail on purpose."""
+    """An HTTP endpoint on loopback that records what it is sent. It can fail on purpose:
+    answer 503 (``failures`` times, or while ``failing``), redirect (``redirect_to``),
+    or be down altogether (``down``: nothing listens on its port until ``up``)."""
 
     def __init__(self, failures: int = 0) -> None:
         import http.server
         import threading
 
         self.received: list[tuple[dict[str, str], bytes]] = []
+        self.attempts: list[tuple[dict[str, str], bytes]] = []  # refused ones too
         self.failures_left = failures
+        self.failing = False
+        self.redirect_to: str | None = None
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                if receiver.failures_left > 0:
+                receiver.attempts.append((dict(self.headers.items()), body))
+                if receiver.redirect_to is not None:
+                    self.send_response(307)
+                    self.send_header("Location", receiver.redirect_to)
+                elif receiver.failing or receiver.failures_left > 0:
                     receiver.failures_left -= 1
                     self.send_response(503)
                 else:
                     receiver.received.append((dict(self.headers.items()), body))
                     self.send_response(204)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
                 return None
 
+        self._handler = Handler
+        self._threading = threading
+        self._http = http.server
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/hooks"
+        self._serve()
+
+    def _serve(self) -> None:
+        self.thread = self._threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def down(self) -> None:
+        """Stop listening: deliveries get connection refused."""
+        self.server.shutdown()
+        self.server.server_close()
+
+    def up(self) -> None:
+        self.server = self._http.ThreadingHTTPServer(("127.0.0.1", self.port), self._handler)
+        self._serve()
+
+    def deliveries(self) -> list[tuple[str, dict[str, Any]]]:
+        """What was taken, in arrival order: (X-Uploader-Delivery, payload)."""
+        import json
+
+        return [(headers["X-Uploader-Delivery"], json.loads(body)) for headers, body in self.received]
 
     def events(self) -> list[str]:
         import json
@@ -301,3 +333,28 @@ class WebhookReceiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def assert_every_event_delivered(
+    receiver: WebhookReceiver, expected: dict[str, list[str]], seconds: float = 60
+) -> None:
+    """Within ``seconds``, the receiver took every event of ``expected`` (upload id: its
+    event types in the order they happened): each event under one delivery id (a
+    redelivery repeats the id, never makes a new one), and each upload's events first
+    arrived in their order. Deliveries of other uploads are not looked at."""
+    deadline = time.monotonic() + seconds
+    while True:
+        by_upload: dict[str, dict[str, str]] = {}  # upload: delivery id -> type, first arrival order
+        for delivery_id, payload in receiver.deliveries():
+            if payload["upload_id"] in expected:
+                assert payload["id"] == delivery_id, "the body's id is the header's"
+                by_upload.setdefault(payload["upload_id"], {}).setdefault(delivery_id, payload["type"])
+        arrived = {upload_id: list(ids.values()) for upload_id, ids in by_upload.items()}
+        if all(len(arrived.get(u, [])) >= len(types) for u, types in expected.items()):
+            break
+        if time.monotonic() > deadline:
+            missing = {u: types for u, types in expected.items() if arrived.get(u) != types}
+            raise AssertionError(f"not delivered within {seconds} s: {missing}; arrived: {arrived}")
+        time.sleep(0.05)
+    for upload_id, types in expected.items():
+        assert arrived[upload_id] == types, f"{upload_id}: {arrived[upload_id]} (one id per event, in order)"

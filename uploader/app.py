@@ -28,6 +28,7 @@ from uploader.uploads.router import router as uploads_router
 from uploader.uploads.service import UploadService
 from uploader.web.router import router as web_router
 from uploader.web.router import static_files
+from uploader.webhooks.router import router as webhooks_router
 
 log = get_logger(__name__)
 
@@ -81,8 +82,9 @@ async def _cleanup_loop(service: UploadService, interval: float) -> None:
         try:
             removed = await service.expire_due()
             pruned = await service.prune_tombstones()
-            if removed or pruned:
-                log.info("cleanup.done", expired=removed, pruned=pruned)
+            orphans = await service.sweep_orphans()
+            if removed or pruned or orphans:
+                log.info("cleanup.done", expired=removed, pruned=pruned, orphans=orphans)
         except Exception:
             log.exception("cleanup.failed")
 
@@ -139,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(downloads_router)
     app.include_router(events_router)
     app.include_router(usage_router)
+    app.include_router(webhooks_router)
     app.include_router(health_router)
     app.include_router(web_router)
     app.mount("/static", static_files(), name="static")

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from uploader.kit.logging import configure_logging, get_logger
 from uploader.settings import Settings
+from uploader.webhooks import commands as webhook_commands
 
 log = get_logger(__name__)
 
@@ -311,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands.add_parser("ping-worker", help="exit 0 when this host's worker answers (health checks)")
     _client_commands(commands)
     _access_commands(commands)
+    webhook_commands.add_commands(commands)
     args = parser.parse_args(argv)
     if args.command in CLIENT_COMMANDS:
         sys.exit(_run_client(args))
@@ -335,4 +337,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(_keys(settings, args))
     if args.command == "token":
         sys.exit(_token(settings, args))
+    if args.command == "webhooks":
+        sys.exit(webhook_commands.run(settings, args))
     sys.exit(_migrate(settings))

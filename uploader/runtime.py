@@ -6,6 +6,9 @@ store, event bus (with webhooks), locks, the upload service and the pipeline.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from uploader.db.engine import Database
@@ -20,7 +23,7 @@ from uploader.storage.base import UploadStore
 from uploader.storage.registry import build_store
 from uploader.uploads.locks import LocalLocker, UploadLocker
 from uploader.uploads.service import UploadService
-from uploader.webhooks.delivery import EmbeddedWebhooks, WebhookDispatcher, WebhookingEventBus
+from uploader.webhooks.delivery import OutboxDispatcher, WebhookingEventBus
 
 
 @dataclass
@@ -33,6 +36,8 @@ class Runtime:
     pipeline: Pipeline
     service: UploadService
     processor: Processor | None
+    webhooks: OutboxDispatcher | None = None  # delivers the outbox (webhooks configured)
+    webhook_loop: asyncio.Task[None] | None = None  # the embedded default's dispatcher
 
     @classmethod
     async def start(
@@ -41,14 +46,14 @@ class Runtime:
         """``serves_requests``: the API process (it may run the pipeline itself); a worker
         process only runs what its tasks ask for."""
         queued_processor: Processor | None = None
-        queued_webhooks: WebhookDispatcher | None = None
+        wake_queued: Callable[[], Awaitable[None]] | None = None
         if settings.processing == "celery":  # Celery is imported only where it is used
-            from uploader.processing.queued import QueuedProcessor, QueuedWebhooks
+            from uploader.processing.queued import QueuedProcessor, queued_drain
             from workers.celery_app import build_celery
 
             celery = build_celery(settings)
             queued_processor = QueuedProcessor(celery, settings)
-            queued_webhooks = QueuedWebhooks(celery, settings)
+            wake_queued = queued_drain(celery, settings)
         db = Database(settings.resolved_database_url)
         store = build_store(settings)
         await store.start()
@@ -67,8 +72,15 @@ class Runtime:
             )
         else:
             events, locker = LocalEventBus(), LocalLocker(settings.lock_timeout_seconds)
-        if settings.webhook_url:
-            events = WebhookingEventBus(events, queued_webhooks or EmbeddedWebhooks(settings))
+        webhooks = OutboxDispatcher(settings, db) if settings.webhook_url else None
+        webhook_loop = None
+        if webhooks is not None:
+            if wake_queued is not None:  # the full stack: a Celery task delivers
+                events = WebhookingEventBus(events, wake_queued)
+            else:
+                events = WebhookingEventBus(events, _waker(webhooks))
+                if serves_requests:
+                    webhook_loop = asyncio.create_task(webhooks.run())
         await locker.start()
         pipeline = Pipeline(settings, db, store, events)
         processor: Processor | None = None
@@ -84,10 +96,16 @@ class Runtime:
         service = UploadService(
             settings, db, store, locker, processor=processor, events=events, admission=admission, hooks=hooks
         )
-        return cls(settings, db, store, events, locker, pipeline, service, processor)
+        return cls(settings, db, store, events, locker, pipeline, service, processor, webhooks, webhook_loop)
 
     async def close(self) -> None:
         self.locker.interrupt_all()
+        if self.webhook_loop is not None:
+            self.webhook_loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.webhook_loop
+        if self.webhooks is not None:
+            await self.webhooks.close()
         if self.service.hooks is not None:
             await self.service.hooks.close()
         if self.processor is not None:
@@ -96,3 +114,10 @@ class Runtime:
         await self.events.close()
         await self.locker.close()
         await self.db.dispose()
+
+
+def _waker(dispatcher: OutboxDispatcher) -> Callable[[], Awaitable[None]]:
+    async def wake() -> None:
+        dispatcher.wake()
+
+    return wake

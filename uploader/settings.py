@@ -14,7 +14,7 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 
 
-HOOK_EVENTS = ("pre-create", "pre-terminate")  # pre-finish is not built yet: refused, not ignored
+HOOK_EVENTS = ("pre-create", "pre-finish", "pre-terminate")
 _VARIANT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
@@ -98,6 +98,12 @@ class Settings(BaseSettings):
         default=24 * 3600, gt=0, description="Unfinished uploads expire this long after their last write."
     )
     cleanup_interval_seconds: float = Field(default=60.0, gt=0)
+    orphan_grace_seconds: float = Field(
+        default=86400.0, gt=0, description="Stored bytes no upload row names are removed once this old."
+    )
+    orphan_sweep_interval_seconds: float = Field(
+        default=3600.0, gt=0, description="How often storage is listed for such orphans."
+    )
     checkpoint_bytes: int = Field(
         default=4 * MiB, gt=0, description="A long PATCH records its offset every this many bytes."
     )
@@ -200,13 +206,27 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="A hook slower than this fails closed."
     )
     hook_events: list[str] = Field(
-        default_factory=lambda: ["pre-create", "pre-terminate"],
-        description='Which hooks are called, JSON: ["pre-create", "pre-terminate"].',
+        default_factory=lambda: list(HOOK_EVENTS),
+        description='Which hooks are called, JSON: ["pre-create", "pre-finish", "pre-terminate"].',
     )
     webhook_url: str | None = Field(default=None, description="POST upload.received/ready/failed here.")
     webhook_secret: str | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures.")
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
-    webhook_max_attempts: int = Field(default=8, ge=1, description="Deliveries tried, with backoff.")
+    webhook_max_attempts: int = Field(
+        default=12, ge=1, description="Attempts per event before it is dead-lettered (about an hour)."
+    )
+    webhook_backoff_seconds: float = Field(
+        default=2.0, gt=0, description="Wait after a failed attempt; doubles, up to an hour."
+    )
+    webhook_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often the outbox is looked at for due deliveries."
+    )
+    webhook_retention_days: float = Field(
+        default=7.0, gt=0, description="Delivered events are kept this long (dead ones until retried)."
+    )
+    webhook_allow_private: bool = Field(
+        default=False, description="Allow webhook and hook URLs at link-local (metadata) addresses."
+    )
 
     @field_validator("tus_path")
     @classmethod
@@ -249,6 +269,18 @@ class Settings(BaseSettings):
         unknown = set(self.hook_events) - set(HOOK_EVENTS)
         if unknown:
             raise ValueError(f"unknown hook events {sorted(unknown)}; known: {', '.join(HOOK_EVENTS)}")
+        if not self.webhook_allow_private:
+            from uploader.webhooks.addresses import refused_literal
+
+            for name, url in (
+                ("UPLOADER_WEBHOOK_URL", self.webhook_url),
+                ("UPLOADER_HOOK_URL", self.hook_url),
+            ):
+                refused = refused_literal(url) if url else None
+                if refused:
+                    raise ValueError(
+                        f"{name}: {refused}; set UPLOADER_WEBHOOK_ALLOW_PRIVATE=true to allow it"
+                    )
         if self.webhook_url and not self.webhook_secret:
             raise ValueError("UPLOADER_WEBHOOK_URL needs UPLOADER_WEBHOOK_SECRET to sign deliveries")
         names = [variant.name for variant in self.variants]

@@ -16,7 +16,7 @@ from celery.signals import setup_logging
 from uploader.settings import Settings
 
 PROCESS_TASK = "uploader.process_upload"
-WEBHOOK_TASK = "uploader.deliver_webhook"
+WEBHOOKS_TASK = "uploader.deliver_webhooks"
 SWEEP_TASK = "uploader.sweep"
 
 
@@ -46,6 +46,12 @@ def build_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         beat_schedule={
             "sweep": {"task": SWEEP_TASK, "schedule": settings.cleanup_interval_seconds},
+            # Deliveries due for a retry, and events whose wake-up was lost.
+            **(
+                {"webhooks": {"task": WEBHOOKS_TASK, "schedule": settings.webhook_poll_seconds}}
+                if settings.webhook_url
+                else {}
+            ),
         },
     )
     return app

@@ -22,8 +22,7 @@ from uploader.processing.pipeline import TRANSIENT_ERRORS
 from uploader.runtime import Runtime
 from uploader.settings import Settings
 from uploader.uploads import repository
-from uploader.webhooks.delivery import DeliveryFailed, backoff, deliver
-from workers.celery_app import PROCESS_TASK, SWEEP_TASK, WEBHOOK_TASK, build_celery
+from workers.celery_app import PROCESS_TASK, SWEEP_TASK, WEBHOOKS_TASK, build_celery
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -79,18 +78,12 @@ def build_worker_app(settings: Settings) -> Celery:
             log.warning("processing.retry", upload_id=upload_id, attempt=retries + 1, error=str(exc))
             raise task.retry(exc=exc, countdown=settings.task_retry_backoff_seconds * 2**retries) from exc
 
-    @app.task(name=WEBHOOK_TASK, bind=True, max_retries=settings.webhook_max_attempts - 1)  # type: ignore[untyped-decorator]
-    def deliver_webhook(task: Task, payload: dict[str, Any]) -> None:
+    @app.task(name=WEBHOOKS_TASK)  # type: ignore[untyped-decorator]
+    def deliver_webhooks() -> int:
+        """Drain the outbox: what is due now (retries come back with beat's next drain)."""
         context = WorkerContext.get(settings)
-        try:
-            context.run(deliver(settings, payload))
-        except DeliveryFailed as exc:
-            retries = task.request.retries
-            if retries >= settings.webhook_max_attempts - 1:
-                log.error("webhook.abandoned", type=payload.get("type"), upload_id=payload.get("upload_id"))
-                return
-            log.warning("webhook.retry", type=payload.get("type"), attempt=retries + 1, error=str(exc))
-            raise task.retry(exc=exc, countdown=backoff(retries)) from exc
+        webhooks = context.runtime.webhooks
+        return context.run(webhooks.drain()) if webhooks is not None else 0
 
     @app.task(name=SWEEP_TASK)  # type: ignore[untyped-decorator]
     def sweep() -> dict[str, int]:
@@ -105,6 +98,8 @@ async def _sweep(app: Celery, runtime: Runtime) -> dict[str, int]:
     settings = runtime.settings
     expired = await runtime.service.expire_due()
     pruned = await runtime.service.prune_tombstones()
+    orphans = await runtime.service.sweep_orphans()
+    delivered_pruned = await runtime.webhooks.prune() if runtime.webhooks is not None else 0
     now = utcnow()
     lost_after = now - timedelta(seconds=settings.task_time_limit_seconds * 2)
     received = await runtime.db.run(
@@ -116,6 +111,13 @@ async def _sweep(app: Celery, runtime: Runtime) -> dict[str, int]:
     for upload in [*received, *processing]:
         await asyncio.to_thread(app.send_task, PROCESS_TASK, args=[upload.id], queue=settings.task_queue)
     resent = len(received) + len(processing)
-    if expired or resent or pruned:
-        log.info("sweep.done", expired=expired, resent=resent, pruned=pruned)
-    return {"expired": expired, "resent": resent, "pruned": pruned}
+    done = {
+        "expired": expired,
+        "resent": resent,
+        "pruned": pruned,
+        "orphans": orphans,
+        "deliveries_pruned": delivered_pruned,
+    }
+    if any(done.values()):
+        log.info("sweep.done", **done)
+    return done

@@ -33,6 +33,7 @@ from tests.support import (
     s3_client,
     spawn_uploader,
     start_server,
+    stop_process,
     uploader_command,
 )
 from uploader.webhooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
@@ -111,13 +112,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str, redis_url:
             "UPLOADER_TASK_RETRY_BACKOFF_SECONDS": "0.2",
             "UPLOADER_WEBHOOK_URL": receiver.url,
             "UPLOADER_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            # beat drains the outbox this often: retries of refused deliveries.
+            "UPLOADER_WEBHOOK_POLL_SECONDS": "0.5",
+            "UPLOADER_WEBHOOK_BACKOFF_SECONDS": "0.2",
         }
         api = start_server(root / "api", **env)
         worker = WorkerProcess(root / "worker.log", {**os.environ, **api.env})
+        beat_env = {**os.environ, **api.env, "UPLOADER_DATA_DIR": str(root / "beat")}
+        beat = spawn_uploader(["beat"], beat_env, root / "beat.log")
         try:
             worker.start()
             yield Stack(api, worker, receiver, prefix, s3_endpoint, env)
         finally:
+            stop_process(beat)
             worker.stop()
             api.stop()
             receiver.close()

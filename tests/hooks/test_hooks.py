@@ -209,8 +209,3 @@ def test_a_hook_url_without_a_secret_or_with_unknown_events_is_refused() -> None
         Settings(hook_url="http://127.0.0.1:9/hooks")
     with pytest.raises(ValueError, match="unknown hook events"):
         Settings(hook_url="http://127.0.0.1:9/hooks", hook_secret="s", hook_events=["post-finish"])
-
-
-def test_pre_finish_is_refused_rather_than_silently_ignored() -> None:
-    with pytest.raises(ValueError, match="unknown hook events"):
-        Settings(hook_url="http://127.0.0.1:9/hooks", hook_secret="s", hook_events=["pre-finish"])

@@ -122,6 +122,8 @@ uploads = Table(
     Index("ix_uploads_state_updated_at", "state", "updated_at"),
     # Quota: what an owner holds.
     Index("ix_uploads_owner_state", "owner", "state"),
+    # The orphan sweep: which stored keys a row names.
+    Index("ix_uploads_storage_key", "storage_key"),
 )
 
 api_keys = Table(
@@ -159,6 +161,30 @@ token_uses = Table(
 )
 
 
+# Webhook events, written in the transaction of the change each reports, and delivered
+# from here: at least once, under one delivery id, in order per upload (migration 0006).
+webhook_outbox = Table(
+    "webhook_outbox",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(32), nullable=False, unique=True),  # X-Uploader-Delivery
+    Column("upload_id", String(32), nullable=False),
+    Column("owner", String(200), nullable=False),
+    Column("type", String(40), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("status", String(12), nullable=False),  # pending, delivered or dead
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    # A dispatcher that claimed the row holds it until then (one that died lets go).
+    Column("lease_until", UTCDateTime(), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("delivered_at", UTCDateTime(), nullable=True),
+    Index("ix_webhook_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+    Index("ix_webhook_outbox_upload_id_seq", "upload_id", "seq"),
+)
+
+
 @dataclass(slots=True, kw_only=True)
 class Upload:
     """One row of ``uploads``: a plain object (rows never live in an ORM session, and
@@ -191,6 +217,9 @@ class Upload:
     size_limit: int | None = None
     bytes_removed: bool = False
     seq: int | None = None
+    # Not a column: a completion of this request's, stored whole and held back for the
+    # pre-finish hook (``uploads.core.AwaitingFinish``).
+    awaiting_finish: Any = None
 
     @property
     def is_complete(self) -> bool:

@@ -1,11 +1,13 @@
 """Blocking hooks over HTTP: a signed POST to ``UPLOADER_HOOK_URL``, answered with JSON.
 
-Built: ``pre-create`` (before anything is stored, on every protocol) and
-``pre-terminate``; ``pre-finish`` is not built yet, and the settings refuse it.
+``pre-create`` comes before anything is stored, on every protocol; ``pre-finish`` after
+the last byte is stored and sniffed, before the upload becomes ``received``;
+``pre-terminate`` before an upload is removed on request.
 
 ``200 {}`` accepts; ``{"reject": {"status": 4xx, "message": "…"}}`` refuses, and the
 client gets that status and message with the code ``hook.rejected``; at ``pre-create``,
-``{"metadata": {…}}`` merges metadata into the new upload. Anything else (no answer
+``{"metadata": {…}}`` merges metadata into the new upload; a refusal at ``pre-finish``
+ends the upload ``failed`` without its bytes. Anything else (no answer
 within the timeout, a non-2xx status, a body that is not that JSON) fails closed:
 ``503 hook.unavailable``. The caller holds no lock and no transaction while it waits.
 """

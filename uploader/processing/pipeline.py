@@ -31,6 +31,7 @@ from uploader.settings import Settings
 from uploader.storage.base import StorageUnavailable, TerminatableUpload, UploadStore
 from uploader.uploads import repository
 from uploader.uploads.service import event_data
+from uploader.webhooks import outbox
 from workers.steps import IMAGE_TYPES, SNIFF_BYTES, sha256_of, sniff, types_agree
 
 log = get_logger(__name__)
@@ -117,7 +118,8 @@ class Pipeline:
             await self.fail(upload_id, f"processing.error: {type(exc).__name__}: {exc}")
             return UploadState.FAILED
         unrecorded["processing"] = self._finished(upload)
-        if not await self._advance(upload, UploadState.PROCESSING, state=UploadState.READY, **unrecorded):
+        ready = {**unrecorded, "state": UploadState.READY}
+        if not await self._advance(upload, UploadState.PROCESSING, report=True, **ready):
             return await self._left_processing(upload)
         log.info("processing.ready", upload_id=upload_id, detected_type=upload.detected_type)
         await self._publish(upload, "upload.ready")
@@ -166,7 +168,7 @@ class Pipeline:
         removal = {"bytes_removed": True} if remove_bytes else {}
         for state in (UploadState.PROCESSING, UploadState.RECEIVED):
             if upload.state == state and await self._advance(
-                upload, state, state=UploadState.FAILED, failure_reason=reason[:2000], **removal
+                upload, state, report=True, state=UploadState.FAILED, failure_reason=reason[:2000], **removal
             ):
                 log.warning(
                     "processing.failed", upload_id=upload_id, reason=reason, bytes_removed=remove_bytes
@@ -312,8 +314,18 @@ class Pipeline:
     def _finished(upload: Upload) -> dict[str, Any]:
         return {**(upload.processing or {}), "finished_at": utcnow().isoformat()}
 
-    async def _advance(self, upload: Upload, expected: str, **fields: Any) -> bool:
-        return await self.db.run(lambda s: repository.set_fields_if_state(s, upload, expected, **fields))
+    async def _advance(self, upload: Upload, expected: str, *, report: bool = False, **fields: Any) -> bool:
+        """Record ``fields`` while the upload is still ``expected``; with ``report``, the
+        webhook event of the state it reaches goes to the outbox in the same transaction."""
+
+        def work(connection: Any) -> bool:
+            if not repository.set_fields_if_state(connection, upload, expected, **fields):
+                return False
+            if report and self.settings.webhook_url:
+                outbox.record(connection, upload, f"upload.{upload.state}", event_data(upload))
+            return True
+
+        return await self.db.run(work)
 
     async def _publish(self, upload: Upload, event_type: str, **extra: Any) -> None:
         await self.events.publish(upload.owner, upload.id, event_type, {**event_data(upload), **extra})

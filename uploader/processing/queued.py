@@ -1,4 +1,4 @@
-"""The full stack: completed uploads and webhook deliveries become Celery tasks.
+"""The full stack: completed uploads and outbox drains become Celery tasks.
 
 Sending a task is a blocking Redis call, so it runs in a thread. A task that could not
 be sent (Redis down) is not lost: the upload stays ``received`` and beat's sweep sends
@@ -8,12 +8,13 @@ it again.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from uploader.db.models import Upload
 from uploader.kit.logging import get_logger
 from uploader.settings import Settings
-from workers.celery_app import PROCESS_TASK, WEBHOOK_TASK
+from workers.celery_app import PROCESS_TASK, WEBHOOKS_TASK
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -44,20 +45,20 @@ class QueuedProcessor:
         return None
 
 
-class QueuedWebhooks:
-    def __init__(self, app: Celery, settings: Settings) -> None:
-        self.app = app
-        self.settings = settings
+def queued_drain(app: Celery, settings: Settings) -> Callable[[], Awaitable[None]]:
+    """A wake-up for the full stack's outbox: a task that drains it. Lost when the broker
+    is down, which costs nothing but time: beat sends one every poll interval."""
 
-    async def dispatch(self, payload: dict[str, Any]) -> None:
-        await send_task(self.app, WEBHOOK_TASK, payload, self.settings)
+    async def wake() -> None:
+        await send_task(app, WEBHOOKS_TASK, None, settings)
 
-    async def close(self) -> None:
-        return None
+    return wake
 
 
 async def send_task(app: Celery, name: str, argument: Any, settings: Settings) -> None:
+    """Send task ``name`` (with ``argument``, unless None)."""
+    args = [] if argument is None else [argument]
     try:
-        await asyncio.to_thread(app.send_task, name, args=[argument], queue=settings.task_queue)
+        await asyncio.to_thread(app.send_task, name, args=args, queue=settings.task_queue)
     except Exception as exc:  # the broker is down: the sweep sends it later
         log.error("task.send_failed", task=name, error=str(exc))

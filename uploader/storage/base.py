@@ -159,6 +159,16 @@ class UploadStore(Protocol):
         """Remove the derived files of upload ``key`` whose names are not in ``keep``."""
         ...
 
+    async def keys_idle_since(self, before: float) -> list[str]:
+        """Storage keys of which nothing was written since ``before`` (Unix time): the
+        candidates of the orphan sweep, which removes those no upload row names."""
+        ...
+
+    async def remove_key(self, key: str) -> None:
+        """Remove everything stored under ``key`` (bytes, parts, derived files), whatever
+        state it was left in."""
+        ...
+
     async def start(self) -> None:
         """Open clients and pools once per process."""
         ...

@@ -341,6 +341,25 @@ class LocalStore:
     async def find(self, key: str) -> LocalUpload:
         return LocalUpload(key, self._path(key), self.checkpoint_bytes)
 
+    async def keys_idle_since(self, before: float) -> list[str]:
+        def scan() -> list[str]:
+            newest: dict[str, float] = {}
+            for shard in self.root.iterdir():
+                if not (len(shard.name) == 2 and shard.is_dir()):
+                    continue
+                for entry in shard.iterdir():
+                    key = entry.name.split(".", 1)[0]  # the file, or its ``.derived`` folder
+                    if not _KEY.match(key):
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        newest[key] = max(newest.get(key, 0.0), entry.stat().st_mtime)
+            return [key for key, modified in newest.items() if modified < before]
+
+        return await asyncio.to_thread(scan)
+
+    async def remove_key(self, key: str) -> None:
+        await LocalUpload(key, self._path(key), self.checkpoint_bytes).terminate()
+
     def _derived_path(self, key: str, name: str) -> Path:
         if "/" in name or name.startswith("."):
             raise ValueError(f"invalid derived file name {name!r}")

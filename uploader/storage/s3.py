@@ -21,6 +21,7 @@ import contextlib
 import io
 import json
 import math
+import re
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Collection
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ READ_BLOCK = 1024 * 1024
 # checksum. Declared when the multipart upload starts, as S3 clients do: without it, S3
 # (and moto) derive a whole-object CRC64 at completion instead.
 PART_CHECKSUM = "CRC32"
+_STORAGE_KEY = re.compile(r"^[0-9a-f]{32}$")  # what ``new_storage_key`` makes
 T = TypeVar("T")
 Buffer = bytes | memoryview
 
@@ -621,6 +623,61 @@ class S3Store:
 
     async def check(self) -> None:
         await _s3(self.client.head_bucket(Bucket=self.bucket))
+
+    # -- the orphan sweep: keys by when anything of theirs was last written ---------------
+
+    def _storage_key_of(self, object_key: str) -> str | None:
+        rest = object_key[len(self.prefix) :]
+        key = rest.split("/", 1)[0].split(".", 1)[0]  # K, K.info, K.tail/…, K.derived/…
+        return key if _STORAGE_KEY.match(key) else None
+
+    async def _multipart_uploads(self, key: str = "") -> list[tuple[str, str, float]]:
+        """(storage key, multipart id, when it began) of every unfinished multipart upload
+        (of ``key``'s only, when given)."""
+        found: list[tuple[str, str, float]] = []
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + key):
+                for item in page.get("Uploads", []):
+                    storage_key = self._storage_key_of(item["Key"])
+                    if storage_key is not None:
+                        found.append((storage_key, item["UploadId"], item["Initiated"].timestamp()))
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable(f"S3: {exc}") from exc
+        return found
+
+    async def keys_idle_since(self, before: float) -> list[str]:
+        newest: dict[str, float] = {}
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for item in page.get("Contents", []):
+                    key = self._storage_key_of(item["Key"])
+                    if key is not None:
+                        newest[key] = max(newest.get(key, 0.0), item["LastModified"].timestamp())
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable(f"S3: {exc}") from exc
+        for key, multipart_id, begun in await self._multipart_uploads():
+            newest[key] = max(newest.get(key, 0.0), begun)
+            if newest[key] < before:  # begun long ago: its parts may still be arriving
+                parts = await _s3(
+                    self.client.list_parts(Bucket=self.bucket, Key=self.prefix + key, UploadId=multipart_id)
+                )
+                for part in parts.get("Parts", []):
+                    newest[key] = max(newest[key], part["LastModified"].timestamp())
+        return [key for key, modified in newest.items() if modified < before]
+
+    async def remove_key(self, key: str) -> None:
+        for found, multipart_id, _ in await self._multipart_uploads(key):
+            if found == key:  # even one whose ``.info`` was never written
+                await _s3(
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=self.prefix + key, UploadId=multipart_id
+                    )
+                )
+        for object_key in await self.list_keys(self.prefix + key):
+            await self.delete(object_key)
+        self.known_info.pop(key, None)
 
     # -- derived files: ``K.derived/<name>``, so terminating an upload removes them too ----
 

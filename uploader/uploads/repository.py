@@ -229,3 +229,10 @@ def stale_in_state(connection: Connection, state: str, before: datetime, limit: 
         .order_by(_c.updated_at)
         .limit(limit),
     )
+
+
+def storage_keys_in_use(connection: Connection, keys: Sequence[str]) -> set[str]:
+    """Which of ``keys`` an upload row names (in any state: a row is a live upload or a
+    tombstone whose bytes its removal takes care of)."""
+    rows = connection.execute(select(_c.storage_key).where(_c.storage_key.in_(list(keys))))
+    return {row.storage_key for row in rows}

@@ -1,17 +1,28 @@
-"""Webhook deliveries: ``upload.received``, ``upload.ready`` and ``upload.failed`` POSTed,
-signed, and retried with backoff until the receiver answers 2xx."""
+"""Webhook deliveries from the outbox: ``upload.received``, ``upload.ready`` and
+``upload.failed`` POSTed, signed, and retried with backoff until the receiver answers
+2xx or the attempts run out (the event is then dead-lettered). Redirects are not
+followed, and a receiver at a link-local (cloud metadata) address is refused unless
+``UPLOADER_WEBHOOK_ALLOW_PRIVATE``."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
+from uploader.db.engine import Database
+from uploader.db.models import utcnow
 from uploader.events.bus import Event, EventBus, Subscription
+from uploader.kit.errors import DependencyUnavailable
 from uploader.kit.logging import get_logger
 from uploader.settings import Settings
+from uploader.webhooks import outbox
+from uploader.webhooks.addresses import refused_address
 
 if TYPE_CHECKING:  # the HTTP client is imported only where webhooks are configured
     import httpx
@@ -26,27 +37,11 @@ from uploader.webhooks.signing import (
 
 log = get_logger(__name__)
 
-WEBHOOK_EVENTS = frozenset({"upload.received", "upload.ready", "upload.failed"})
-MAX_BACKOFF = 300.0
+MAX_BACKOFF = 3600.0
 
 
 class DeliveryFailed(Exception):
     """The receiver did not take the delivery; worth trying again later."""
-
-
-def payload_of(event: Event) -> dict[str, Any]:
-    return {
-        "id": str(event.id),  # the event id: receivers can drop a delivery they already have
-        "type": event.type,
-        "created_at": datetime.now(UTC).isoformat(),
-        "upload_id": event.upload_id,
-        "owner": event.owner,
-        "data": event.data,
-    }
-
-
-def backoff(attempt: int) -> float:
-    return float(min(MAX_BACKOFF, 2**attempt))
 
 
 async def deliver(
@@ -67,8 +62,12 @@ async def deliver(
     }
     import httpx
 
+    if not settings.webhook_allow_private:
+        refused = await refused_address(settings.webhook_url)
+        if refused:
+            raise DeliveryFailed(refused)
     own_client = client is None
-    http = client or httpx.AsyncClient(timeout=settings.webhook_timeout_seconds)
+    http = client or httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
     try:
         response = await http.post(settings.webhook_url, content=body, headers=headers)
     except httpx.HTTPError as exc:
@@ -78,58 +77,113 @@ async def deliver(
             await http.aclose()
     if not 200 <= response.status_code < 300:
         raise DeliveryFailed(f"receiver answered {response.status_code}")
-    log.info("webhook.delivered", type=payload["type"], upload_id=payload["upload_id"])
+    log.info(
+        "webhook.delivered", delivery=payload["id"], type=payload["type"], upload_id=payload["upload_id"]
+    )
 
 
-class WebhookDispatcher(Protocol):
-    async def dispatch(self, payload: dict[str, Any]) -> None: ...
+class OutboxDispatcher:
+    """Delivers the outbox's due events: a loop in the API process in the embedded
+    default (``run``), and ``drain`` in a Celery task in the full stack. Any number of
+    dispatchers, in any processes, can drain at once: each claims different rows."""
 
-    async def close(self) -> None: ...
+    def __init__(self, settings: Settings, db: Database, batch: int = 50) -> None:
+        self.settings = settings
+        self.db = db
+        self.batch = batch
+        self._client: httpx.AsyncClient | None = None
+        self._wake = asyncio.Event()
+        self._last_prune = 0.0
 
+    def wake(self) -> None:
+        """An event was just committed: deliver now rather than at the next poll."""
+        self._wake.set()
 
-class EmbeddedWebhooks:
-    """Deliveries as asyncio tasks of the API process, with their own retry loop."""
+    def _backoff(self, attempts: int) -> float:
+        return float(min(MAX_BACKOFF, self.settings.webhook_backoff_seconds * 2 ** (attempts - 1)))
 
-    def __init__(self, settings: Settings) -> None:
+    async def drain(self) -> int:
+        """Deliver what is due until nothing is; returns how many were delivered."""
         import httpx
 
-        self.settings = settings
-        self._client = httpx.AsyncClient(timeout=settings.webhook_timeout_seconds)
-        self._tasks: set[asyncio.Task[None]] = set()
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=self.settings.webhook_timeout_seconds, follow_redirects=False
+            )
+        lease = self.settings.webhook_timeout_seconds + 30
+        delivered = 0
+        while True:
+            claimed = await self.db.run(lambda s: outbox.claim(s, self.batch, lease))
+            if not claimed:
+                return delivered
+            errors = await asyncio.gather(*(self._attempt(d) for d in claimed))
+            outcomes = list(zip(claimed, errors, strict=True))
+            await self.db.run(
+                partial(
+                    outbox.settle,
+                    outcomes=outcomes,
+                    max_attempts=self.settings.webhook_max_attempts,
+                    backoff=self._backoff,
+                )
+            )
+            delivered += errors.count(None)
 
-    async def dispatch(self, payload: dict[str, Any]) -> None:
-        task = asyncio.create_task(self._deliver(payload))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _attempt(self, delivery: outbox.Delivery) -> str | None:
+        assert self._client is not None
+        try:
+            await deliver(self.settings, delivery.payload(), self._client)
+        except DeliveryFailed as exc:
+            dead = delivery.attempts >= self.settings.webhook_max_attempts
+            (log.error if dead else log.warning)(
+                "webhook.dead" if dead else "webhook.retry",
+                delivery=delivery.id,
+                type=delivery.type,
+                upload_id=delivery.upload_id,
+                attempt=delivery.attempts,
+                error=str(exc),
+            )
+            return str(exc)
+        return None
 
-    async def _deliver(self, payload: dict[str, Any]) -> None:
-        for attempt in range(self.settings.webhook_max_attempts):
+    async def prune(self) -> int:
+        """Delivered rows older than the retention go."""
+        before = utcnow() - timedelta(days=self.settings.webhook_retention_days)
+        return await self.db.run(lambda s: outbox.prune_delivered(s, before))
+
+    async def run(self) -> None:
+        """Deliver, then wait for a wake-up or the poll interval; forever."""
+        while True:
             try:
-                await deliver(self.settings, payload, self._client)
-                return
-            except DeliveryFailed as exc:
-                log.warning("webhook.retry", type=payload["type"], attempt=attempt + 1, error=str(exc))
-                await asyncio.sleep(backoff(attempt))
-        log.error("webhook.abandoned", type=payload["type"], upload_id=payload["upload_id"])
+                await self.drain()
+                if time.monotonic() - self._last_prune > self.settings.cleanup_interval_seconds:
+                    self._last_prune = time.monotonic()
+                    await self.prune()
+            except DependencyUnavailable as exc:
+                log.warning("webhook.outbox_unavailable", error=exc.detail)
+            except Exception:
+                log.exception("webhook.dispatch_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.webhook_poll_seconds)
+            self._wake.clear()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
 
 class WebhookingEventBus:
-    """An event bus that also hands the webhook events to a dispatcher."""
+    """An event bus that also wakes the outbox's dispatcher when a webhook event was
+    published (it was committed to the outbox just before: the wake-up only saves the
+    wait for the next poll)."""
 
-    def __init__(self, inner: EventBus, dispatcher: WebhookDispatcher) -> None:
+    def __init__(self, inner: EventBus, wake: Callable[[], Awaitable[None]]) -> None:
         self.inner = inner
-        self.dispatcher = dispatcher
+        self.wake = wake
 
     async def publish(self, owner: str, upload_id: str, type: str, data: dict[str, Any]) -> Event:
         event = await self.inner.publish(owner, upload_id, type, data)
-        if type in WEBHOOK_EVENTS:
-            await self.dispatcher.dispatch(payload_of(event))
+        if type in outbox.WEBHOOK_EVENTS:
+            await self.wake()
         return event
 
     async def history(
@@ -144,5 +198,4 @@ class WebhookingEventBus:
         return await self.inner.subscribe(owner, upload_id)
 
     async def close(self) -> None:
-        await self.dispatcher.close()
         await self.inner.close()

@@ -1,0 +1,116 @@
+"""kill -9 of the API while the pre-finish hook decides: the upload is not received and
+no client is told it is done; after the restart the client resumes, the hook is asked
+again, and the upload ends ready with the bytes the client sent."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.server
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.faults.invariant import assert_invariant
+from tests.support import PATCH_HEADERS, TUS, start_server
+from uploader.settings import Settings
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e]
+
+
+class SlowHook:
+    """Answers every hook ``200 {}``, pre-finish only after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.asked: list[str] = []
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                event = self.headers["X-Uploader-Event"]
+                hook.asked.append(event)
+                if event == "pre-finish":
+                    time.sleep(hook.delay)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"{}")
+                except OSError:
+                    pass  # the server that asked is gone
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_kill_9_while_pre_finish_decides_leaves_a_resumable_upload(tmp_path: Path) -> None:
+    hook = SlowHook(delay=3.0)
+    data = os.urandom(3 * 1024 * 1024)
+    server = start_server(
+        tmp_path / "server",
+        UPLOADER_HOOK_URL=hook.url,
+        UPLOADER_HOOK_SECRET="hook-secret",
+        UPLOADER_HOOK_TIMEOUT_SECONDS="10",
+    )
+    try:
+        created = httpx.post(server.tus_url, headers={**TUS, "Upload-Length": str(len(data))})
+        url = created.headers["Location"]
+        half = len(data) // 2
+        sent = httpx.patch(url, content=data[:half], headers={**PATCH_HEADERS, "Upload-Offset": "0"})
+        assert sent.status_code == 204
+
+        def last_patch() -> None:
+            headers = {**PATCH_HEADERS, "Upload-Offset": str(half)}
+            with contextlib.suppress(httpx.HTTPError):  # the server dies under it
+                httpx.patch(url, content=data[half:], headers=headers, timeout=30)
+
+        client = threading.Thread(target=last_patch)
+        client.start()
+        deadline = time.monotonic() + 10
+        while "pre-finish" not in hook.asked:
+            assert time.monotonic() < deadline, "pre-finish was never asked"
+            time.sleep(0.02)
+        server.kill()  # the hook is still deciding
+        client.join(10)
+        upload_id = url.rsplit("/", 1)[1]
+        settings = Settings(data_dir=tmp_path / "server")
+        # Nothing says it is done: not the row, so not HEAD once the server is back.
+        assert_invariant(settings, {upload_id: [data]})
+        server.start()
+        head = httpx.head(url, headers=TUS)
+        offset = int(head.headers["Upload-Offset"])
+        assert offset < len(data)
+        status = httpx.get(f"{server.url}/api/v1/uploads/{upload_id}").json()
+        assert status["state"] == "receiving"
+        hook.delay = 0.0
+        resumed = httpx.patch(
+            url, content=data[offset:], headers={**PATCH_HEADERS, "Upload-Offset": str(offset)}, timeout=30
+        )
+        assert resumed.status_code == 204, resumed.text
+        assert resumed.headers["Upload-Offset"] == str(len(data))
+        assert hook.asked.count("pre-finish") == 2
+        deadline = time.monotonic() + 30
+        while (status := httpx.get(f"{server.url}/api/v1/uploads/{upload_id}").json())["state"] != "ready":
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+        assert status["sha256"] == hashlib.sha256(data).hexdigest()
+        assert_invariant(settings, {upload_id: [data]}, server.url)
+    finally:
+        server.stop()
+        hook.close()

@@ -1,0 +1,226 @@
+"""The webhook outbox: each event is a row written in the transaction of the change it
+reports, and delivered from the table.
+
+A state change and its event commit together or not at all, so no crash, broker outage
+or receiver outage loses one. A dispatcher claims due rows with a lease (``FOR UPDATE
+SKIP LOCKED`` on PostgreSQL: two dispatchers never take the same row), POSTs them, and
+records the outcome. Only the oldest undelivered event of an upload is ever due, so an
+upload's events arrive in the order they happened. A row keeps its id (the
+``X-Uploader-Delivery`` header) across every attempt; after the last attempt it is
+dead-lettered, until ``uploader webhooks retry`` sends it again.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, delete, exists, or_, select, update
+from sqlalchemy import insert as sql_insert
+
+from uploader.db.driver import DriverStatement
+from uploader.db.models import ConcatRole, Upload, utcnow, webhook_outbox
+
+WEBHOOK_EVENTS = frozenset({"upload.received", "upload.ready", "upload.failed"})
+PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+STATUSES = (PENDING, DELIVERED, DEAD)
+
+_c = webhook_outbox.c
+_INSERTED = (
+    "id",
+    "upload_id",
+    "owner",
+    "type",
+    "data",
+    "created_at",
+    "status",
+    "attempts",
+    "next_attempt_at",
+)
+_INSERT = DriverStatement(sql_insert(webhook_outbox), {name: _c[name] for name in _INSERTED})
+
+
+def new_delivery_id() -> str:
+    return "whd_" + secrets.token_hex(14)
+
+
+def record(connection: Connection, upload: Upload, event_type: str, data: dict[str, Any]) -> None:
+    """Write one webhook event into the caller's transaction (parts of a concatenation
+    are not reported: they are an implementation detail of their final upload)."""
+    if upload.concat_role == ConcatRole.PARTIAL or event_type not in WEBHOOK_EVENTS:
+        return
+    now = utcnow()
+    _INSERT.execute(
+        connection,
+        {
+            "id": new_delivery_id(),
+            "upload_id": upload.id,
+            "owner": upload.owner,
+            "type": event_type,
+            "data": data,
+            "created_at": now,
+            "status": PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    seq: int
+    id: str
+    upload_id: str
+    owner: str
+    type: str
+    data: dict[str, Any]
+    created_at: datetime
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    delivered_at: datetime | None
+
+    def payload(self) -> dict[str, Any]:
+        """The body POSTed to the receiver: the same on every attempt."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "created_at": self.created_at.isoformat(),
+            "upload_id": self.upload_id,
+            "owner": self.owner,
+            "data": self.data,
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "upload_id": self.upload_id,
+            "owner": self.owner,
+            "status": self.status,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "created_at": self.created_at.isoformat(),
+            "next_attempt_at": self.next_attempt_at.isoformat() if self.status == PENDING else None,
+            "delivered_at": self.delivered_at.isoformat() if self.delivered_at else None,
+        }
+
+
+_FIELDS = (
+    _c.seq,
+    _c.id,
+    _c.upload_id,
+    _c.owner,
+    _c.type,
+    _c.data,
+    _c.created_at,
+    _c.status,
+    _c.attempts,
+    _c.next_attempt_at,
+    _c.last_error,
+    _c.delivered_at,
+)
+
+
+def _delivery(row: Any) -> Delivery:
+    return Delivery(**row._mapping)
+
+
+_earlier = webhook_outbox.alias("earlier")
+_free = or_(_c.lease_until.is_(None), _c.lease_until < bindparam("now"))
+_DUE = (
+    select(_c.seq)
+    .where(
+        _c.status == PENDING,
+        _c.next_attempt_at <= bindparam("now"),
+        _free,
+        # Only an upload's oldest undelivered event: its events go out in order.
+        ~exists().where(
+            and_(_earlier.c.upload_id == _c.upload_id, _earlier.c.status == PENDING, _earlier.c.seq < _c.seq)
+        ),
+    )
+    .order_by(_c.seq)
+    .limit(bindparam("batch"))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM = (
+    update(webhook_outbox)
+    .where(_c.seq.in_(_DUE.scalar_subquery()), _free)
+    .values(lease_until=bindparam("lease_until"), attempts=_c.attempts + 1)
+    .returning(*_FIELDS)
+)
+
+
+def claim(connection: Connection, batch: int, lease_seconds: float) -> list[Delivery]:
+    """Take up to ``batch`` due events (at most one per upload) for ``lease_seconds``,
+    with their attempt counted."""
+    now = utcnow()
+    rows = connection.execute(
+        _CLAIM, {"now": now, "batch": batch, "lease_until": now + timedelta(seconds=lease_seconds)}
+    ).all()
+    return sorted((_delivery(row) for row in rows), key=lambda d: d.seq)
+
+
+def settle(
+    connection: Connection,
+    outcomes: list[tuple[Delivery, str | None]],
+    max_attempts: int,
+    backoff: Any,
+) -> None:
+    """Record each claimed delivery's outcome: ``None`` delivered, else the error (tried
+    again after ``backoff(attempts)`` seconds, or dead after ``max_attempts``)."""
+    now = utcnow()
+    for delivery, error in outcomes:
+        values: dict[str, Any] = {"lease_until": None}
+        if error is None:
+            values.update(status=DELIVERED, delivered_at=now, last_error=None)
+        elif delivery.attempts >= max_attempts:
+            values.update(status=DEAD, last_error=error[:2000])
+        else:
+            retry_at = now + timedelta(seconds=backoff(delivery.attempts))
+            values.update(next_attempt_at=retry_at, last_error=error[:2000])
+        connection.execute(update(webhook_outbox).where(_c.seq == delivery.seq).values(**values))
+
+
+def retry(connection: Connection, delivery_id: str | None, all_dead: bool = False) -> int:
+    """Send again: one delivery by id (whatever became of it), or every dead one."""
+    statement = update(webhook_outbox).values(
+        status=PENDING, attempts=0, next_attempt_at=utcnow(), lease_until=None
+    )
+    if delivery_id is not None:
+        statement = statement.where(_c.id == delivery_id)
+    elif all_dead:
+        statement = statement.where(_c.status == DEAD)
+    else:
+        return 0
+    return int(connection.execute(statement).rowcount)
+
+
+def page(
+    connection: Connection,
+    *,
+    status: str | None = None,
+    upload_id: str | None = None,
+    before: int | None = None,
+    limit: int = 100,
+) -> list[Delivery]:
+    """Deliveries newest first (``before``: a ``seq`` cursor)."""
+    query = select(*_FIELDS).order_by(_c.seq.desc()).limit(limit)
+    if status is not None:
+        query = query.where(_c.status == status)
+    if upload_id is not None:
+        query = query.where(_c.upload_id == upload_id)
+    if before is not None:
+        query = query.where(_c.seq < before)
+    return [_delivery(row) for row in connection.execute(query)]
+
+
+def prune_delivered(connection: Connection, before: datetime) -> int:
+    """Delete deliveries made before ``before`` (dead ones stay, to be retried)."""
+    result = connection.execute(
+        delete(webhook_outbox).where(_c.status == DELIVERED, _c.delivered_at < before)
+    )
+    return int(result.rowcount)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import create_engine, insert, select, text
 
-from uploader.db.models import ConcatRole, Upload, UploadState, metadata, uploads
+from uploader.db.models import ConcatRole, Upload, UploadState, metadata, uploads, webhook_outbox
 from uploader.uploads import repository
 
 
@@ -68,3 +69,26 @@ def test_insert_and_update_store_what_sqlalchemy_stores(tmp_path: Path) -> None:
         assert read_back.offset == 12345
         assert read_back.state == UploadState.READY
         assert connection.execute(select(uploads.c.seq).where(uploads.c.id == "s" * 32)).scalar() == 2
+
+
+def test_outbox_rows_written_many_at_once_store_what_sqlalchemy_stores(tmp_path: Path) -> None:
+    from uploader.webhooks import outbox
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    metadata.create_all(engine)
+    data = {"state": "ready", "sha256": "ab" * 32, "failure_reason": None, "name": "naïve"}
+    with engine.begin() as connection:
+        whole = replace(upload("d" * 32), concat_role=ConcatRole.NONE)  # parts are not reported
+        outbox.record(connection, whole, [("upload.received", data), ("upload.ready", data)])
+        written = connection.execute(select(webhook_outbox).order_by(webhook_outbox.c.seq)).all()
+        assert [row.type for row in written] == ["upload.received", "upload.ready"]
+        reference = dict(written[0]._mapping)
+        reference.update(seq=None, id="reference")
+        del reference["seq"]
+        connection.execute(insert(webhook_outbox), reference)
+    with engine.connect() as connection:
+        stored = connection.execute(
+            text("SELECT id, data, created_at, next_attempt_at, status FROM webhook_outbox ORDER BY seq")
+        ).all()
+    assert stored[0][1:] == stored[2][1:]  # the very same text in SQLite
+    assert stored[0][0] != stored[1][0]  # each event its own delivery id

@@ -60,6 +60,27 @@ class DriverStatement:
         finally:
             cursor.close()
 
+    def execute_many(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
+        """Runs the statement once per parameter set (one driver call on SQLite)."""
+        if connection.dialect.name != "sqlite":
+            connection.execute(self.statement, rows)
+            return
+        compiled = self._compiled or self._compile(connection)
+        values = [
+            [
+                value if process is None else process(value)
+                for value, process in zip(
+                    (params[name] for name in compiled.names), compiled.processors, strict=True
+                )
+            ]
+            for params in rows
+        ]
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(compiled.sql, values)
+        finally:
+            cursor.close()
+
     def _compile(self, connection: Connection) -> _Compiled:
         dialect = connection.dialect
         column_keys = list(self.columns) if self.statement.is_insert else None

@@ -322,7 +322,7 @@ class Pipeline:
             if not repository.set_fields_if_state(connection, upload, expected, **fields):
                 return False
             if report and self.settings.webhook_url:
-                outbox.record(connection, upload, f"upload.{upload.state}", event_data(upload))
+                outbox.record(connection, upload, [(f"upload.{upload.state}", event_data(upload))])
             return True
 
         return await self.db.run(work)

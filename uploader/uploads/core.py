@@ -289,10 +289,12 @@ class ServiceCore:
         if not self.settings.webhook_url:
             return
         data = event_data(upload)
+        events = []
         if upload.state in (UploadState.RECEIVED, UploadState.READY):
-            outbox.record(connection, upload, "upload.received", {**data, "state": str(UploadState.RECEIVED)})
+            events.append(("upload.received", {**data, "state": str(UploadState.RECEIVED)}))
         if upload.state in (UploadState.READY, UploadState.FAILED):
-            outbox.record(connection, upload, f"upload.{upload.state}", data)
+            events.append((f"upload.{upload.state}", data))
+        outbox.record(connection, upload, events)
 
     async def _publish(self, upload: Upload, event_type: str, **overrides: Any) -> None:
         """Publish an event about a change already recorded. A bus that is away loses the

@@ -18,8 +18,8 @@ METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metada
 METADATA_ADDRESSES = frozenset(
     {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
 )
-_RESOLVED_FOR = 30.0  # seconds a host's addresses are trusted before resolving again
-_resolved: dict[str, tuple[float, list[str]]] = {}
+_RESOLVED_FOR = 30.0  # seconds a verdict on a URL stands before its host is resolved again
+_verdicts: dict[str, tuple[float, str | None]] = {}
 
 
 def _refused_ip(text: str) -> bool:
@@ -44,20 +44,27 @@ def refused_literal(url: str) -> str | None:
 
 
 async def refused_address(url: str) -> str | None:
-    """Why ``url``'s host is refused now, by name or by what it resolves to, or None."""
+    """Why ``url``'s host is refused now, by name or by what it resolves to, or None
+    (the verdict is kept for a while: deliveries ask for every event)."""
+    cached = _verdicts.get(url)
+    if cached is not None and time.monotonic() - cached[0] < _RESOLVED_FOR:
+        return cached[1]
+    verdict = await _judge(url)
+    _verdicts[url] = (time.monotonic(), verdict)
+    return verdict
+
+
+async def _judge(url: str) -> str | None:
     literal = refused_literal(url)
     if literal is not None:
         return f"refused receiver: {literal}"
     host = urlsplit(url).hostname or ""
-    cached = _resolved.get(host)
-    if cached is None or time.monotonic() - cached[0] > _RESOLVED_FOR:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        except OSError:
-            return None  # the delivery itself fails, with the reason
-        cached = (time.monotonic(), [str(info[4][0]) for info in infos])
-        _resolved[host] = cached
-    for address in cached[1]:
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return None  # the delivery itself fails, with the reason
+    for info in infos:
+        address = str(info[4][0])
         if _refused_ip(address):
             return f"refused receiver: {host} resolves to {address}, a link-local or metadata address"
     return None

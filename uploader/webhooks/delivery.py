@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from uploader.db.engine import Database
 from uploader.db.models import utcnow
@@ -23,10 +23,7 @@ from uploader.kit.logging import get_logger
 from uploader.settings import Settings
 from uploader.webhooks import outbox
 from uploader.webhooks.addresses import refused_address
-
-if TYPE_CHECKING:  # the HTTP client is imported only where webhooks are configured
-    import httpx
-
+from uploader.webhooks.http_client import ReceiverError, WebhookClient
 from uploader.webhooks.signing import (
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -38,46 +35,40 @@ from uploader.webhooks.signing import (
 log = get_logger(__name__)
 
 MAX_BACKOFF = 3600.0
+COALESCE_SECONDS = 0.02  # after a wake-up, how long to gather more events into the batch
 
 
 class DeliveryFailed(Exception):
     """The receiver did not take the delivery; worth trying again later."""
 
 
-async def deliver(
-    settings: Settings, payload: dict[str, Any], client: httpx.AsyncClient | None = None
-) -> None:
+async def deliver(settings: Settings, payload: dict[str, Any], client: WebhookClient) -> None:
     """POST one signed delivery (a fresh timestamp on every attempt); raise ``DeliveryFailed``."""
     if not settings.webhook_url or not settings.webhook_secret:
         raise DeliveryFailed("webhooks are not configured")
     body = json.dumps(payload, separators=(",", ":")).encode()
     timestamp = int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": "uploader-webhooks",
-        EVENT_HEADER: str(payload["type"]),
-        DELIVERY_HEADER: str(payload["id"]),
-        TIMESTAMP_HEADER: str(timestamp),
-        SIGNATURE_HEADER: signature(settings.webhook_secret, timestamp, body),
-    }
-    import httpx
-
+    # Rendered at once: ids and types are ours (hex and dotted names), never a client's.
+    headers = (
+        "Content-Type: application/json\r\nUser-Agent: uploader-webhooks\r\n"
+        f"{EVENT_HEADER}: {payload['type']}\r\n{DELIVERY_HEADER}: {payload['id']}\r\n"
+        f"{TIMESTAMP_HEADER}: {timestamp}\r\n"
+        f"{SIGNATURE_HEADER}: {signature(settings.webhook_secret, timestamp, body)}\r\n"
+    ).encode()
     if not settings.webhook_allow_private:
         refused = await refused_address(settings.webhook_url)
         if refused:
             raise DeliveryFailed(refused)
-    own_client = client is None
-    http = client or httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
     try:
-        response = await http.post(settings.webhook_url, content=body, headers=headers)
-    except httpx.HTTPError as exc:
-        raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        if own_client:
-            await http.aclose()
-    if not 200 <= response.status_code < 300:
-        raise DeliveryFailed(f"receiver answered {response.status_code}")
-    log.info(
+        async with asyncio.timeout(settings.webhook_timeout_seconds):
+            status = await client.post(body, headers)
+    except TimeoutError:
+        raise DeliveryFailed(f"no answer within {settings.webhook_timeout_seconds:g} s") from None
+    except ReceiverError as exc:
+        raise DeliveryFailed(str(exc)) from None
+    if not 200 <= status < 300:
+        raise DeliveryFailed(f"receiver answered {status}")
+    log.debug(
         "webhook.delivered", delivery=payload["id"], type=payload["type"], upload_id=payload["upload_id"]
     )
 
@@ -91,7 +82,7 @@ class OutboxDispatcher:
         self.settings = settings
         self.db = db
         self.batch = batch
-        self._client: httpx.AsyncClient | None = None
+        self._client: WebhookClient | None = None
         self._wake = asyncio.Event()
         self._last_prune = 0.0
 
@@ -104,20 +95,20 @@ class OutboxDispatcher:
 
     async def drain(self) -> int:
         """Deliver what is due until nothing is; returns how many were delivered."""
-        import httpx
-
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=self.settings.webhook_timeout_seconds, follow_redirects=False
-            )
+            assert self.settings.webhook_url is not None
+            self._client = WebhookClient(self.settings.webhook_url)
         lease = self.settings.webhook_timeout_seconds + 30
         delivered = 0
         while True:
             claimed = await self.db.run(lambda s: outbox.claim(s, self.batch, lease))
             if not claimed:
                 return delivered
-            errors = await asyncio.gather(*(self._attempt(d) for d in claimed))
-            outcomes = list(zip(claimed, errors, strict=True))
+            by_upload: dict[str, list[outbox.Delivery]] = {}
+            for delivery in claimed:  # in order: each upload's events one after the other
+                by_upload.setdefault(delivery.upload_id, []).append(delivery)
+            results = await asyncio.gather(*(self._in_order(events) for events in by_upload.values()))
+            outcomes = [outcome for result in results for outcome in result]
             await self.db.run(
                 partial(
                     outbox.settle,
@@ -126,20 +117,29 @@ class OutboxDispatcher:
                     backoff=self._backoff,
                 )
             )
-            delivered += errors.count(None)
+            delivered += sum(error is None for _, error in outcomes)
+
+    async def _in_order(self, events: list[outbox.Delivery]) -> list[tuple[outbox.Delivery, str | None]]:
+        """One upload's events, one after the other; after a failure the rest wait."""
+        outcomes: list[tuple[outbox.Delivery, str | None]] = []
+        for delivery in events:
+            failed = outcomes and outcomes[-1][1] is not None
+            outcomes.append((delivery, outbox.SKIPPED if failed else await self._attempt(delivery)))
+        return outcomes
 
     async def _attempt(self, delivery: outbox.Delivery) -> str | None:
         assert self._client is not None
         try:
             await deliver(self.settings, delivery.payload(), self._client)
         except DeliveryFailed as exc:
-            dead = delivery.attempts >= self.settings.webhook_max_attempts
+            attempt = delivery.attempts + 1
+            dead = attempt >= self.settings.webhook_max_attempts
             (log.error if dead else log.warning)(
                 "webhook.dead" if dead else "webhook.retry",
                 delivery=delivery.id,
                 type=delivery.type,
                 upload_id=delivery.upload_id,
-                attempt=delivery.attempts,
+                attempt=attempt,
                 error=str(exc),
             )
             return str(exc)
@@ -164,11 +164,13 @@ class OutboxDispatcher:
                 log.exception("webhook.dispatch_failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.webhook_poll_seconds)
+                # Woken by a commit: others follow under load, and go out in one batch.
+                await asyncio.sleep(COALESCE_SECONDS)
             self._wake.clear()
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            self._client.close()
 
 
 class WebhookingEventBus:

@@ -12,6 +12,8 @@ dead-lettered, until ``uploader webhooks retry`` sends it again.
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -42,18 +44,32 @@ _INSERTED = (
 _INSERT = DriverStatement(sql_insert(webhook_outbox), {name: _c[name] for name in _INSERTED})
 
 
+# Delivery ids: 64 random bits per process, then a counter (a fresh random id for every
+# event cost more than its insert); a restart draws new random bits.
+_ID_PREFIX = secrets.token_hex(8)
+_id_counter = itertools.count()
+
+
+def _draw_id_prefix() -> None:
+    global _ID_PREFIX
+    _ID_PREFIX = secrets.token_hex(8)
+
+
+os.register_at_fork(after_in_child=_draw_id_prefix)  # forked workers never share a prefix
+
+
 def new_delivery_id() -> str:
-    return "whd_" + secrets.token_hex(14)
+    return f"whd_{_ID_PREFIX}{next(_id_counter):012x}"
 
 
-def record(connection: Connection, upload: Upload, event_type: str, data: dict[str, Any]) -> None:
-    """Write one webhook event into the caller's transaction (parts of a concatenation
-    are not reported: they are an implementation detail of their final upload)."""
-    if upload.concat_role == ConcatRole.PARTIAL or event_type not in WEBHOOK_EVENTS:
+def record(connection: Connection, upload: Upload, events: list[tuple[str, dict[str, Any]]]) -> None:
+    """Write webhook events (type and data, in the order they happened) into the caller's
+    transaction. Parts of a concatenation are not reported: they are an implementation
+    detail of their final upload."""
+    if upload.concat_role == ConcatRole.PARTIAL:
         return
     now = utcnow()
-    _INSERT.execute(
-        connection,
+    rows = [
         {
             "id": new_delivery_id(),
             "upload_id": upload.id,
@@ -64,8 +80,12 @@ def record(connection: Connection, upload: Upload, event_type: str, data: dict[s
             "status": PENDING,
             "attempts": 0,
             "next_attempt_at": now,
-        },
-    )
+        }
+        for event_type, data in events
+        if event_type in WEBHOOK_EVENTS
+    ]
+    if rows:
+        _INSERT.execute_many(connection, rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +146,7 @@ _FIELDS = (
 
 
 def _delivery(row: Any) -> Delivery:
-    return Delivery(**row._mapping)
+    return Delivery(*row)  # the columns of ``_FIELDS``, in the dataclass's order
 
 
 _earlier = webhook_outbox.alias("earlier")
@@ -149,19 +169,54 @@ _DUE = (
 _CLAIM = (
     update(webhook_outbox)
     .where(_c.seq.in_(_DUE.scalar_subquery()), _free)
-    .values(lease_until=bindparam("lease_until"), attempts=_c.attempts + 1)
+    .values(lease_until=bindparam("lease_until"))
+    .returning(*_FIELDS)
+)
+# The events after those heads, of the same uploads: no other dispatcher can take them
+# while their head is pending, and they go out right after it, in order.
+_CLAIM_FOLLOWERS = (
+    update(webhook_outbox)
+    .where(
+        _c.upload_id.in_(bindparam("uploads", expanding=True)),
+        _c.status == PENDING,
+        _c.seq.not_in(bindparam("heads", expanding=True)),
+        _free,
+    )
+    .values(lease_until=bindparam("lease_until"))
     .returning(*_FIELDS)
 )
 
 
 def claim(connection: Connection, batch: int, lease_seconds: float) -> list[Delivery]:
-    """Take up to ``batch`` due events (at most one per upload) for ``lease_seconds``,
-    with their attempt counted."""
+    """Take up to ``batch`` due events, each the oldest undelivered one of its upload,
+    and the events that follow them, for ``lease_seconds``; in order."""
     now = utcnow()
-    rows = connection.execute(
-        _CLAIM, {"now": now, "batch": batch, "lease_until": now + timedelta(seconds=lease_seconds)}
-    ).all()
-    return sorted((_delivery(row) for row in rows), key=lambda d: d.seq)
+    params = {"now": now, "batch": batch, "lease_until": now + timedelta(seconds=lease_seconds)}
+    heads = [_delivery(row) for row in connection.execute(_CLAIM, params)]
+    if not heads:
+        return []
+    followers = connection.execute(
+        _CLAIM_FOLLOWERS,
+        {**params, "uploads": sorted({d.upload_id for d in heads}), "heads": [d.seq for d in heads]},
+    )
+    return sorted([*heads, *(_delivery(row) for row in followers)], key=lambda d: d.seq)
+
+
+SKIPPED = "skipped"  # not tried: an earlier event of its upload failed in the same batch
+_DELIVERED = (
+    update(webhook_outbox)
+    .where(_c.seq.in_(bindparam("seqs", expanding=True)))
+    .values(
+        status=DELIVERED,
+        delivered_at=bindparam("now"),
+        last_error=None,
+        lease_until=None,
+        attempts=_c.attempts + 1,
+    )
+)
+_RELEASED = (
+    update(webhook_outbox).where(_c.seq.in_(bindparam("seqs", expanding=True))).values(lease_until=None)
+)
 
 
 def settle(
@@ -170,18 +225,25 @@ def settle(
     max_attempts: int,
     backoff: Any,
 ) -> None:
-    """Record each claimed delivery's outcome: ``None`` delivered, else the error (tried
-    again after ``backoff(attempts)`` seconds, or dead after ``max_attempts``)."""
+    """Record each claimed delivery's outcome: ``None`` delivered, ``SKIPPED`` not tried
+    (released as it was), else the error: tried again after ``backoff(attempts)``
+    seconds, or dead once ``max_attempts`` were made."""
     now = utcnow()
+    delivered = [d.seq for d, error in outcomes if error is None]
+    if delivered:
+        connection.execute(_DELIVERED, {"seqs": delivered, "now": now})
+    skipped = [d.seq for d, error in outcomes if error == SKIPPED]
+    if skipped:
+        connection.execute(_RELEASED, {"seqs": skipped})
     for delivery, error in outcomes:
-        values: dict[str, Any] = {"lease_until": None}
-        if error is None:
-            values.update(status=DELIVERED, delivered_at=now, last_error=None)
-        elif delivery.attempts >= max_attempts:
-            values.update(status=DEAD, last_error=error[:2000])
+        if error is None or error == SKIPPED:
+            continue
+        attempts = delivery.attempts + 1
+        values: dict[str, Any] = {"lease_until": None, "attempts": attempts, "last_error": error[:2000]}
+        if attempts >= max_attempts:
+            values["status"] = DEAD
         else:
-            retry_at = now + timedelta(seconds=backoff(delivery.attempts))
-            values.update(next_attempt_at=retry_at, last_error=error[:2000])
+            values["next_attempt_at"] = now + timedelta(seconds=backoff(attempts))
         connection.execute(update(webhook_outbox).where(_c.seq == delivery.seq).values(**values))
 
 

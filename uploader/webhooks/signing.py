@@ -17,8 +17,8 @@ DELIVERY_HEADER = "X-Uploader-Delivery"
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"sha256={mac.hexdigest()}"
+    mac = hmac.digest(secret.encode(), b"%d.%s" % (timestamp, body), hashlib.sha256)
+    return f"sha256={mac.hex()}"
 
 
 def verify(secret: str, timestamp: str, body: bytes, signed: str, tolerance: int = 300) -> bool:

@@ -1,0 +1,126 @@
+"""The deliveries' HTTP client against receivers that answer in every way HTTP/1.1
+allows (a length, chunks, to the close, closing idle connections) and some it does not."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from uploader.webhooks.http_client import ReceiverError, WebhookClient
+
+HEADERS = b"X-Uploader-Event: upload.ready\r\n"
+
+
+@asynccontextmanager
+async def receiver(
+    answer: Callable[[int], bytes], *, close_after: bool = False
+) -> AsyncIterator[dict[str, int]]:
+    """A raw TCP receiver: reads each request (head and Content-Length body) and writes
+    ``answer(n)`` for the n-th; ``close_after``: closes the connection after each answer."""
+    seen = {"requests": 0, "connections": 0}
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen["connections"] += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                seen["requests"] += 1
+                writer.write(answer(seen["requests"]))
+                await writer.drain()
+                if close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    seen["port"] = server.sockets[0].getsockname()[1]
+    async with server:
+        yield seen
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nthank",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nX-T: 1\r\n\r\n",
+    ],
+    ids=["no-body", "length", "chunked"],
+)
+async def test_answers_with_a_known_end_keep_the_connection(answer: bytes) -> None:
+    async with receiver(lambda _n: answer) as seen:
+        client = WebhookClient(f"http://127.0.0.1:{seen['port']}/hooks")
+        statuses = [await client.post(b'{"n":%d}' % n, HEADERS) for n in range(3)]
+        client.close()
+    assert statuses == [int(answer[9:12])] * 3
+    assert seen == {**seen, "requests": 3, "connections": 1}
+
+
+async def test_an_answer_without_a_length_or_with_close_ends_its_connection() -> None:
+    answers = {
+        1: b"HTTP/1.1 200 OK\r\n\r\nbody to the close",
+        2: b"HTTP/1.1 202 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    }
+    async with receiver(lambda n: answers.get(n % 2 + 1, b""), close_after=True) as seen:
+        client = WebhookClient(f"http://127.0.0.1:{seen['port']}/hooks")
+        statuses = [await client.post(b"{}", HEADERS) for _ in range(4)]
+        client.close()
+    assert sorted(set(statuses)) == [200, 202]
+    assert seen["connections"] == 4
+
+
+async def test_a_receiver_that_closed_an_idle_connection_gets_the_request_on_a_fresh_one() -> None:
+    async with receiver(lambda _n: b"HTTP/1.1 204 No Content\r\n\r\n", close_after=True) as seen:
+        client = WebhookClient(f"http://127.0.0.1:{seen['port']}/hooks")
+        assert await client.post(b"{}", HEADERS) == 204  # kept: the answer did not say close
+        await asyncio.sleep(0.1)  # meanwhile the receiver closed it
+        assert await client.post(b"{}", HEADERS) == 204
+        client.close()
+    assert seen["requests"] == 2
+    assert seen["connections"] == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "not an HTTP answer"),
+        (b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n", "headers are too long"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "the connection closed in the middle"),
+    ],
+    ids=["not-http", "huge-head", "cut-body"],
+)
+async def test_an_answer_that_is_not_usable_is_an_error_and_is_not_sent_again(
+    answer: bytes, message: str
+) -> None:
+    async with receiver(lambda _n: answer, close_after=True) as seen:
+        client = WebhookClient(f"http://127.0.0.1:{seen['port']}/hooks")
+        with pytest.raises(ReceiverError, match=message):
+            await client.post(b"{}", HEADERS)
+        client.close()
+    assert seen["requests"] == 1
+
+
+async def test_a_receiver_that_is_not_there_is_an_error() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    client = WebhookClient(f"http://127.0.0.1:{port}/hooks")
+    with pytest.raises(ReceiverError, match="cannot connect"):
+        await client.post(b"{}", HEADERS)
+
+
+def test_only_http_urls_are_accepted() -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        WebhookClient("ftp://example.com/hooks")

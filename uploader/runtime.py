@@ -74,13 +74,14 @@ class Runtime:
             events, locker = LocalEventBus(), LocalLocker(settings.lock_timeout_seconds)
         webhooks = OutboxDispatcher(settings, db) if settings.webhook_url else None
         webhook_loop = None
-        if webhooks is not None:
+        if webhooks is not None and settings.webhook_dispatcher == "auto":
             if wake_queued is not None:  # the full stack: a Celery task delivers
                 events = WebhookingEventBus(events, wake_queued)
             else:
                 events = WebhookingEventBus(events, _waker(webhooks))
                 if serves_requests:
                     webhook_loop = asyncio.create_task(webhooks.run())
+        # "process": `uploader webhooks deliver` delivers; this process only writes the outbox.
         await locker.start()
         pipeline = Pipeline(settings, db, store, events)
         processor: Processor | None = None

@@ -224,6 +224,11 @@ class Settings(BaseSettings):
     webhook_retention_days: float = Field(
         default=7.0, gt=0, description="Delivered events are kept this long (dead ones until retried)."
     )
+    webhook_dispatcher: Literal["auto", "process"] = Field(
+        default="auto",
+        description="Who delivers: auto (a task of each API process, or Celery in the full stack); "
+        "process (only `uploader webhooks deliver` processes).",
+    )
     webhook_allow_private: bool = Field(
         default=False, description="Allow webhook and hook URLs at link-local (metadata) addresses."
     )

@@ -49,7 +49,7 @@ def build_celery(settings: Settings) -> Celery:
             # Deliveries due for a retry, and events whose wake-up was lost.
             **(
                 {"webhooks": {"task": WEBHOOKS_TASK, "schedule": settings.webhook_poll_seconds}}
-                if settings.webhook_url
+                if settings.webhook_url and settings.webhook_dispatcher == "auto"
                 else {}
             ),
         },

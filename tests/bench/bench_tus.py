@@ -15,7 +15,10 @@ adds our server started with that extra environment as one more row, alternated 
 each row of ours gets its ratios to @tus-file and tuspyserver. The RSS check uses the default.
 A variant's values may name ``{webhook_sink}``: a receiver the run starts in its own process
 (``webhook_sink.py``, answering 204 at once), so ``UPLOADER_WEBHOOK_URL={webhook_sink}``
-measures uploads with webhooks delivered. A variant that sets ``UPLOADER_JWT_SECRET``
+measures uploads with webhooks delivered (with ``UPLOADER_WEBHOOK_DISPATCHER=process`` the
+run also starts ``uploader webhooks deliver`` beside that server, unless the variant also
+sets ``BENCH_DISPATCHER=none``: then the outbox is written and nothing delivers, which
+isolates the cost of the write). A variant that sets ``UPLOADER_JWT_SECRET``
 requires tokens: the load client sends one minted with that secret (``tusbench.py`` cannot
 send headers, so such a run measures the load only: ``--sizes-mib ''``, which prints the
 load table with each row's ratio to the first of ours).
@@ -265,6 +268,7 @@ class OurServer:
         self.data_dir = Path(tempfile.mkdtemp(prefix=f"data-{self.tag}-", dir=work_dir))
         self.log_path = work_dir / f"server-{self.tag}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.dispatcher: subprocess.Popen[bytes] | None = None
 
     def _subst(self, s: str) -> str:
         return s.format(
@@ -306,6 +310,13 @@ class OurServer:
             log(f"server log {self.log_path}:\n{tail(self.log_path)}")
             self.stop()
             raise
+        if env.get("UPLOADER_WEBHOOK_DISPATCHER") == "process" and env.get("BENCH_DISPATCHER") != "none":
+            # Its deliveries are made by a dispatcher process of its own, beside it.
+            with (self.data_dir.parent / f"dispatcher-{self.tag}.log").open("ab") as out:
+                self.dispatcher = subprocess.Popen(
+                    [argv[0], "webhooks", "deliver"], env=env, cwd=self.data_dir, stdout=out, stderr=out
+                )
+            log(f"  with a webhook dispatcher process (pid {self.dispatcher.pid})")
         base = f"http://{HOST}:{self.port}"
         headers = {}
         if secret := env.get("UPLOADER_JWT_SECRET"):
@@ -344,6 +355,10 @@ class OurServer:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self.proc = None
+        if self.dispatcher is not None:
+            self.dispatcher.terminate()
+            self.dispatcher.wait(timeout=20)
+            self.dispatcher = None
         if self.data_dir.exists():
             shutil.rmtree(self.data_dir, ignore_errors=True)
             os.sync()

@@ -313,3 +313,32 @@ async def test_a_receiver_name_that_resolves_to_a_link_local_address_is_refused_
     # ``localhost`` resolves to loopback, which is allowed; a link-local literal is not.
     assert await refused_address("http://localhost:9/hook") is None
     assert "link-local" in (await refused_address("http://169.254.1.1/hook") or "")
+
+
+async def test_a_dispatcher_process_of_its_own_delivers_what_the_api_only_wrote(
+    settings: Settings, receiver: WebhookReceiver, tmp_path: Any
+) -> None:
+    hooked = with_webhooks(settings, receiver, processing="off", webhook_dispatcher="process")
+    async with in_process_client(hooked) as client:
+        ids = [upload_id(await upload_bytes(client, b"s" * (100 + n))) for n in range(3)]
+        await asyncio.sleep(0.5)
+        assert receiver.received == []  # the API process only wrote the outbox
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "UPLOADER_DATABASE_URL": hooked.resolved_database_url,
+            "UPLOADER_DATA_DIR": str(tmp_path),
+            "UPLOADER_WEBHOOK_URL": receiver.url,
+            "UPLOADER_WEBHOOK_SECRET": "whsec",
+            "UPLOADER_WEBHOOK_POLL_SECONDS": "0.1",
+        }
+        dispatcher = await asyncio.create_subprocess_exec(
+            *uploader_command(), "webhooks", "deliver", env=env, stderr=subprocess.PIPE
+        )
+        expected = {uid: ["upload.received", "upload.ready"] for uid in ids}
+        try:
+            await asyncio.to_thread(assert_every_event_delivered, receiver, expected)
+        finally:
+            dispatcher.terminate()
+            _, errors = await asyncio.wait_for(dispatcher.communicate(), 30)
+        assert dispatcher.returncode == 0, errors
+        assert b"webhooks.dispatcher_stopped" in errors

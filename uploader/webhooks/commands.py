@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from typing import Any
@@ -23,6 +24,9 @@ def add_commands(commands: Any) -> None:
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("id", nargs="?", help="a delivery's id (X-Uploader-Delivery)")
     which.add_argument("--all-failed", action="store_true", help="every dead-lettered delivery")
+    webhook_commands.add_parser(
+        "deliver", help="deliver from the outbox until stopped (UPLOADER_WEBHOOK_DISPATCHER=process)"
+    )
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -31,6 +35,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     upgrade_to_head(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
+    if args.webhooks_command == "deliver":
+        return _deliver(settings, db)
 
     async def main() -> int:
         try:
@@ -49,5 +55,38 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         finally:
             await db.dispose()
+
+    return asyncio.run(main())
+
+
+def _deliver(settings: Settings, db: Any) -> int:
+    """A dispatcher of its own: it polls the outbox every ``UPLOADER_WEBHOOK_POLL_SECONDS``
+    and delivers what is due, beside any other dispatcher, until SIGTERM or SIGINT."""
+    import signal
+
+    from uploader.kit.logging import get_logger
+    from uploader.webhooks.delivery import OutboxDispatcher
+
+    log = get_logger(__name__)
+    if not settings.webhook_url:
+        print("error: set UPLOADER_WEBHOOK_URL (and UPLOADER_WEBHOOK_SECRET)", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        dispatcher = OutboxDispatcher(settings, db)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        delivering = asyncio.create_task(dispatcher.run())
+        log.info("webhooks.dispatcher_started", every_seconds=settings.webhook_poll_seconds)
+        await stop.wait()
+        delivering.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await delivering
+        await dispatcher.close()
+        await db.dispose()
+        log.info("webhooks.dispatcher_stopped")
+        return 0
 
     return asyncio.run(main())

@@ -1,7 +1,7 @@
 """The pre-finish hook: asked after the last byte is stored and sniffed, before the
 upload is received, on tus, the IETF draft and forms. A rejection ends the upload
 failed without its bytes; a hook that is away leaves it resumable, never received; the
-wait holds no lock."""
+wait holds no lock. On SQLite and PostgreSQL with local storage, and on S3."""
 
 from __future__ import annotations
 
@@ -19,6 +19,13 @@ from tests.support import TUS, in_process_client, stored_objects
 from uploader.settings import Settings
 
 PDF = b"%PDF-1.7\n" + b"x" * 5000
+
+
+@pytest.fixture(params=["sqlite+local", "postgres+local", "postgres+s3"])
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """On S3 too: a resumed upload finds its object completed (no multipart upload left)."""
+    database, storage = request.param.split("+")
+    return database, storage
 
 
 def _hooked(settings: Settings, receiver: HookReceiver, **changes: Any) -> Settings:

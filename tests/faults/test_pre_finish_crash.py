@@ -6,61 +6,29 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.server
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.faults.invariant import assert_invariant
+from tests.hooks.conftest import HookReceiver, serving_hooks
 from tests.support import PATCH_HEADERS, TUS, start_server
 from uploader.settings import Settings
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
 
-class SlowHook:
-    """Answers every hook ``200 {}``, pre-finish only after ``delay`` seconds."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self.asked: list[str] = []
-        hook = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["Content-Length"]))
-                event = self.headers["X-Uploader-Event"]
-                hook.asked.append(event)
-                if event == "pre-finish":
-                    time.sleep(hook.delay)
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", "2")
-                    self.end_headers()
-                    self.wfile.write(b"{}")
-                except OSError:
-                    pass  # the server that asked is gone
-
-            def log_message(self, *args: Any) -> None:
-                return None
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_kill_9_while_pre_finish_decides_leaves_a_resumable_upload(tmp_path: Path) -> None:
-    hook = SlowHook(delay=3.0)
+    with serving_hooks() as hook:
+        hook.answer("pre-finish", delay=3.0)
+        crash_while_deciding(tmp_path, hook)
+
+
+def crash_while_deciding(tmp_path: Path, hook: HookReceiver) -> None:
     data = os.urandom(3 * 1024 * 1024)
     server = start_server(
         tmp_path / "server",
@@ -83,7 +51,7 @@ def test_kill_9_while_pre_finish_decides_leaves_a_resumable_upload(tmp_path: Pat
         client = threading.Thread(target=last_patch)
         client.start()
         deadline = time.monotonic() + 10
-        while "pre-finish" not in hook.asked:
+        while "pre-finish" not in hook.events():
             assert time.monotonic() < deadline, "pre-finish was never asked"
             time.sleep(0.02)
         server.kill()  # the hook is still deciding
@@ -98,13 +66,13 @@ def test_kill_9_while_pre_finish_decides_leaves_a_resumable_upload(tmp_path: Pat
         assert offset < len(data)
         status = httpx.get(f"{server.url}/api/v1/uploads/{upload_id}").json()
         assert status["state"] == "receiving"
-        hook.delay = 0.0
+        hook.answer("pre-finish")  # at once now
         resumed = httpx.patch(
             url, content=data[offset:], headers={**PATCH_HEADERS, "Upload-Offset": str(offset)}, timeout=30
         )
         assert resumed.status_code == 204, resumed.text
         assert resumed.headers["Upload-Offset"] == str(len(data))
-        assert hook.asked.count("pre-finish") == 2
+        assert hook.events().count("pre-finish") == 2
         deadline = time.monotonic() + 30
         while (status := httpx.get(f"{server.url}/api/v1/uploads/{upload_id}").json())["state"] != "ready":
             assert time.monotonic() < deadline, status
@@ -113,4 +81,3 @@ def test_kill_9_while_pre_finish_decides_leaves_a_resumable_upload(tmp_path: Pat
         assert_invariant(settings, {upload_id: [data]}, server.url)
     finally:
         server.stop()
-        hook.close()

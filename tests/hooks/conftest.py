@@ -3,6 +3,7 @@ and on PostgreSQL, with local storage."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import threading
@@ -59,8 +60,9 @@ class HookReceiver:
         return [asked.document["type"] for asked in self.asked]
 
 
-@pytest.fixture
-def hook_receiver() -> Iterator[HookReceiver]:
+@contextlib.contextmanager
+def serving_hooks() -> Iterator[HookReceiver]:
+    """A hook receiver on loopback for as long as the block runs."""
     receiver = HookReceiver()
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -81,7 +83,7 @@ def hook_receiver() -> Iterator[HookReceiver]:
                 self.end_headers()
                 self.wfile.write(payload)
             except (BrokenPipeError, ConnectionResetError):
-                pass  # the server stopped waiting (a timeout)
+                pass  # the server stopped waiting (a timeout), or is gone
 
         def log_message(self, *args: Any) -> None:
             return None
@@ -94,3 +96,9 @@ def hook_receiver() -> Iterator[HookReceiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def hook_receiver() -> Iterator[HookReceiver]:
+    with serving_hooks() as receiver:
+        yield receiver

@@ -307,12 +307,31 @@ def test_webhook_urls_at_metadata_addresses_are_refused_unless_allowed(url: str)
     assert Settings(webhook_url=url, webhook_secret="s", webhook_allow_private=True).webhook_url == url
 
 
-async def test_a_receiver_name_that_resolves_to_a_link_local_address_is_refused_at_delivery() -> None:
-    from uploader.webhooks.addresses import refused_address
+async def test_a_receiver_name_that_resolves_to_a_metadata_address_is_refused_at_delivery(
+    settings: Settings, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name that passed the settings but points at the metadata service now (the
+    resolver is outside the system: its answer is what the test sets)."""
+    import socket
 
-    # ``localhost`` resolves to loopback, which is allowed; a link-local literal is not.
-    assert await refused_address("http://localhost:9/hook") is None
-    assert "link-local" in (await refused_address("http://169.254.1.1/hook") or "")
+    from uploader.webhooks import addresses
+
+    async def resolve(self: Any, host: str, *args: Any, **kwargs: Any) -> list[Any]:
+        address = "169.254.169.254" if host == "hooks.example.test" else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, 80))]
+
+    monkeypatch.setattr(type(asyncio.get_running_loop()), "getaddrinfo", resolve)
+    monkeypatch.setattr(addresses, "_verdicts", {})
+    url = f"http://hooks.example.test:{receiver.port}/hooks"
+    hooked = with_webhooks(settings, receiver, processing="off", webhook_url=url, webhook_max_attempts=1)
+    async with in_process_client(hooked) as client:
+        await upload_bytes(client, b"m" * 100)
+        rows = await rows_once(hooked, all_dead)
+    assert {r["last_error"] for r in rows} == {
+        "refused receiver: hooks.example.test resolves to 169.254.169.254, a link-local or metadata address"
+    }
+    assert receiver.attempts == []  # never connected
+    assert await addresses.refused_address(receiver.url) is None  # loopback stays allowed
 
 
 async def test_a_dispatcher_process_of_its_own_delivers_what_the_api_only_wrote(

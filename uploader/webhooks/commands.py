@@ -7,10 +7,13 @@ import asyncio
 import contextlib
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uploader.settings import Settings
 from uploader.webhooks import outbox
+
+if TYPE_CHECKING:
+    from uploader.db.engine import Database
 
 
 def add_commands(commands: Any) -> None:
@@ -59,7 +62,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
-def _deliver(settings: Settings, db: Any) -> int:
+def _deliver(settings: Settings, db: Database) -> int:
     """A dispatcher of its own: it polls the outbox every ``UPLOADER_WEBHOOK_POLL_SECONDS``
     and delivers what is due, beside any other dispatcher, until SIGTERM or SIGINT."""
     import signal

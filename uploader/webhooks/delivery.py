@@ -183,10 +183,11 @@ class WebhookingEventBus:
         self.wake = wake
 
     async def publish(self, owner: str, upload_id: str, type: str, data: dict[str, Any]) -> Event:
-        event = await self.inner.publish(owner, upload_id, type, data)
-        if type in outbox.WEBHOOK_EVENTS:
-            await self.wake()
-        return event
+        try:
+            return await self.inner.publish(owner, upload_id, type, data)
+        finally:  # the outbox row is committed whether or not the live event went out
+            if type in outbox.WEBHOOK_EVENTS:
+                await self.wake()
 
     async def history(
         self, owner: str, upload_id: str | None, after: int | None, limit: int | None = None

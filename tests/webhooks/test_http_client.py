@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
+from uploader.settings import Settings
+from uploader.webhooks.delivery import DeliveryFailed, deliver
 from uploader.webhooks.http_client import ReceiverError, WebhookClient
 
 HEADERS = b"X-Uploader-Event: upload.ready\r\n"
@@ -124,3 +127,42 @@ async def test_a_receiver_that_is_not_there_is_an_error() -> None:
 def test_only_http_urls_are_accepted() -> None:
     with pytest.raises(ValueError, match="not an http"):
         WebhookClient("ftp://example.com/hooks")
+
+
+async def test_a_receiver_that_does_not_answer_in_time_fails_the_delivery_and_its_connection_goes(
+    tmp_path: Path,
+) -> None:
+    answers = iter([None, b"HTTP/1.1 204 No Content\r\n\r\n"])
+    silent: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0]))
+        answer = next(answers)
+        if answer is None:  # reads the request and says nothing, holding the connection
+            silent.append(writer)
+            return
+        writer.write(answer)
+        await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = Settings(
+        data_dir=tmp_path,
+        webhook_url=f"http://127.0.0.1:{port}/hooks",
+        webhook_secret="s" * 40,
+        webhook_timeout_seconds=0.3,
+    )
+    payload = {"id": "whd_1", "type": "upload.ready", "upload_id": "u1", "data": {}}
+    async with server:
+        client = WebhookClient(f"http://127.0.0.1:{port}/hooks")
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(DeliveryFailed, match=r"no answer within 0\.3 s"):
+            async with asyncio.timeout(5):  # a delivery that waited on would fail here instead
+                await deliver(settings, payload, client)
+        assert 0.25 < asyncio.get_running_loop().time() - started < 2
+        # The silent connection is not kept: the next delivery gets a fresh one, and an answer.
+        await deliver(settings, payload, client)
+        client.close()
+        for writer in silent:
+            writer.close()

@@ -257,7 +257,8 @@ class WorkerProcess:
 class WebhookReceiver:
     """An HTTP endpoint on loopback that records what it is sent. It can fail on purpose:
     answer 503 (``failures`` times, or while ``failing``), redirect (``redirect_to``),
-    or be down altogether (``down``: nothing listens on its port until ``up``)."""
+    answer late (``answer_delay``), or be down altogether (``down``: nothing listens on
+    its port until ``up``)."""
 
     def __init__(self, failures: int = 0) -> None:
         import http.server
@@ -268,6 +269,7 @@ class WebhookReceiver:
         self.failures_left = failures
         self.failing = False
         self.redirect_to: str | None = None
+        self.answer_delay = 0.0  # seconds between taking a delivery and answering it
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -282,6 +284,7 @@ class WebhookReceiver:
                     self.send_response(503)
                 else:
                     receiver.received.append((dict(self.headers.items()), body))
+                    time.sleep(receiver.answer_delay)
                     self.send_response(204)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -7,7 +7,6 @@ store, event bus (with webhooks), locks, the upload service and the pipeline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -101,10 +100,8 @@ class Runtime:
 
     async def close(self) -> None:
         self.locker.interrupt_all()
-        if self.webhook_loop is not None:
-            self.webhook_loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.webhook_loop
+        if self.webhooks is not None and self.webhook_loop is not None:
+            await self.webhooks.stop(self.webhook_loop)
         if self.webhooks is not None:
             await self.webhooks.close()
         if self.service.hooks is not None:

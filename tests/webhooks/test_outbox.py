@@ -269,6 +269,24 @@ async def test_delivered_rows_are_pruned_after_the_retention_and_dead_ones_stay(
     assert [(r["type"], r["status"]) for r in await outbox_rows(hooked)] == [("upload.ready", "dead")]
 
 
+async def test_a_shutdown_lets_the_deliveries_in_flight_finish_and_records_them(
+    settings: Settings, receiver: WebhookReceiver
+) -> None:
+    """A graceful stop while the receiver has a delivery and has not answered yet: the
+    answer is awaited and recorded, so the next start does not send that event again."""
+    receiver.answer_delay = 0.5
+    hooked = with_webhooks(settings, receiver, processing="off")
+    async with in_process_client(hooked) as client:
+        await upload_bytes(client, b"q" * 300)
+        assert await asyncio.to_thread(receiver.wait_for, {"upload.ready"})
+    # The app stopped while the receiver held upload.ready unanswered.
+    rows = await outbox_rows(hooked)
+    assert [(r["type"], r["status"]) for r in rows] == [
+        ("upload.received", "delivered"),
+        ("upload.ready", "delivered"),
+    ]
+
+
 async def test_no_webhooks_configured_writes_no_outbox_rows(settings: Settings) -> None:
     async with in_process_client(settings.model_copy(update={"processing": "none"})) as client:
         await upload_bytes(client, b"q" * 100)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -84,9 +83,7 @@ def _deliver(settings: Settings, db: Database) -> int:
         delivering = asyncio.create_task(dispatcher.run())
         log.info("webhooks.dispatcher_started", every_seconds=settings.webhook_poll_seconds)
         await stop.wait()
-        delivering.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await delivering
+        await dispatcher.stop(delivering)
         await dispatcher.close()
         await db.dispose()
         log.info("webhooks.dispatcher_stopped")

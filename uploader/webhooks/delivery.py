@@ -85,6 +85,7 @@ class OutboxDispatcher:
         self._client: WebhookClient | None = None
         self._wake = asyncio.Event()
         self._last_prune = 0.0
+        self._stopping = False
 
     def wake(self) -> None:
         """An event was just committed: deliver now rather than at the next poll."""
@@ -100,7 +101,7 @@ class OutboxDispatcher:
             self._client = WebhookClient(self.settings.webhook_url)
         lease = self.settings.webhook_timeout_seconds + 30
         delivered = 0
-        while True:
+        while not self._stopping:
             claimed = await self.db.run(lambda s: outbox.claim(s, self.batch, lease))
             if not claimed:
                 return delivered
@@ -118,6 +119,7 @@ class OutboxDispatcher:
                 )
             )
             delivered += sum(error is None for _, error in outcomes)
+        return delivered
 
     async def _in_order(self, events: list[outbox.Delivery]) -> list[tuple[outbox.Delivery, str | None]]:
         """One upload's events, one after the other; after a failure the rest wait."""
@@ -151,8 +153,8 @@ class OutboxDispatcher:
         return await self.db.run(lambda s: outbox.prune_delivered(s, before))
 
     async def run(self) -> None:
-        """Deliver, then wait for a wake-up or the poll interval; forever."""
-        while True:
+        """Deliver, then wait for a wake-up or the poll interval; until ``stop``."""
+        while not self._stopping:
             try:
                 await self.drain()
                 if time.monotonic() - self._last_prune > self.settings.cleanup_interval_seconds:
@@ -167,6 +169,20 @@ class OutboxDispatcher:
                 # Woken by a commit: others follow under load, and go out in one batch.
                 await asyncio.sleep(COALESCE_SECONDS)
             self._wake.clear()
+
+    async def stop(self, running: asyncio.Task[None]) -> None:
+        """End ``run`` (the task ``running``) once the batch in flight is delivered and
+        recorded: events a receiver already took are not sent again at the next start. A
+        batch still out after a delivery's timeout is cancelled (its events go again once
+        their lease ends)."""
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(running), self.settings.webhook_timeout_seconds + 5)
+        except TimeoutError:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
 
     async def close(self) -> None:
         if self._client is not None:

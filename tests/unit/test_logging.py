@@ -46,3 +46,24 @@ def test_events_and_library_records_share_one_shape(capsys: pytest.CaptureFixtur
     assert library["timestamp"].endswith("Z")
     assert failed["level"] == "error"
     assert "ValueError: broken" in failed["exception"]
+
+
+class _FullDisk:
+    """A stream whose writes fail as a full disk's do."""
+
+    def write(self, text: str) -> int:
+        raise OSError(28, "No space left on device")
+
+    def flush(self) -> None:
+        raise OSError(28, "No space left on device")
+
+    def isatty(self) -> bool:
+        return False
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_a_log_line_that_cannot_be_written_never_fails_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stderr", _FullDisk())
+    configure_logging("info", json_lines=True)
+    get_logger("uploader.somewhere").warning("storage.failed", error="No space left on device")
+    logging.getLogger("uvicorn.error").error("Exception in ASGI application")

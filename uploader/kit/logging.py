@@ -9,6 +9,7 @@ so every line has one shape.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -88,6 +89,15 @@ class _NamedWriteLogger(structlog.WriteLogger):
     def __init__(self, file: TextIO, name: str) -> None:
         super().__init__(file)
         self.name = name
+
+    def msg(self, message: str) -> None:
+        # A line that cannot be written (a full disk under the log file, a closed pipe) is
+        # lost; it never fails the request or task that logged it.
+        with contextlib.suppress(OSError, ValueError):
+            super().msg(message)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
 
 
 def get_logger(name: str) -> Any:

@@ -209,6 +209,21 @@ def stored_objects(settings: Settings) -> list[str]:
     return sorted([o["Key"] for o in objects] + [f"multipart:{u['Key']}" for u in uploads])
 
 
+def s3_celery_env(
+    database_url: str, redis_settings: dict[str, str], s3_endpoint: str, prefix: str
+) -> dict[str, str]:
+    """Settings of the full stack: PostgreSQL, Redis, S3 on moto's server under ``prefix``,
+    processing by Celery workers."""
+    return {
+        **S3_TEST_ENV,
+        **redis_settings,
+        "UPLOADER_DATABASE_URL": database_url,
+        "UPLOADER_STORAGE_URL": f"s3://{S3_TEST_BUCKET}/{prefix}",
+        "UPLOADER_S3_ENDPOINT_URL": s3_endpoint,
+        "UPLOADER_PROCESSING": "celery",
+    }
+
+
 def redis_env(redis_url: str) -> Iterator[dict[str, str]]:
     """Server settings for Redis with keys of the caller's own, removed afterwards."""
     import redis
@@ -229,8 +244,9 @@ class WorkerProcess:
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
 
-    def start(self, concurrency: int = 1) -> None:
-        self.process = spawn_uploader(["worker", f"--concurrency={concurrency}"], self.env, self.log_path)
+    def start(self, concurrency: int = 1, *extra_args: str) -> None:
+        args = ["worker", f"--concurrency={concurrency}", *extra_args]
+        self.process = spawn_uploader(args, self.env, self.log_path)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from uploader import __version__
 from uploader.auth.dependencies import Authenticator
@@ -17,6 +18,10 @@ from uploader.health.router import router as health_router
 from uploader.kit.errors import install_error_handlers
 from uploader.kit.logging import get_logger
 from uploader.kit.method_override import MethodOverrideMiddleware
+from uploader.observability.middleware import RequestTelemetry
+from uploader.observability.request_ids import REQUEST_ID_HEADER
+from uploader.observability.router import ScrapedValues
+from uploader.observability.router import router as metrics_router
 from uploader.protocols.form import router as forms_router
 from uploader.protocols.tus import build_tus_router
 from uploader.protocols.tus_fast_path import TusFastPath
@@ -62,6 +67,7 @@ ALLOWED_HEADERS = [
     "If-Range",
     "Last-Event-ID",
     "Content-Disposition",
+    REQUEST_ID_HEADER,
 ]
 EXPOSED_HEADERS = [
     *TUS_HEADERS,
@@ -73,7 +79,16 @@ EXPOSED_HEADERS = [
     "Retry-After",
     "RateLimit",
     "RateLimit-Policy",
+    REQUEST_ID_HEADER,
 ]
+
+
+class UploaderApp(FastAPI):
+    """The application, with request ids and request metrics around everything, even
+    the server error handler's 500s."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestTelemetry(super().build_middleware_stack(), count=self.state.settings.metrics)
 
 
 async def _cleanup_loop(service: UploadService, interval: float) -> None:
@@ -125,7 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await cleanup
             await runtime.close()
 
-    app = FastAPI(
+    app = UploaderApp(
         title="uploader",
         version=__version__,
         description="Resumable uploads (tus 1.0) with streaming storage, status and downloads.",
@@ -133,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.tus_path = settings.tus_path
+    app.state.scraped = ScrapedValues()
     install_error_handlers(app)
     tus_router = build_tus_router(settings.tus_path)
     app.include_router(tus_router)
@@ -143,6 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(usage_router)
     app.include_router(webhooks_router)
     app.include_router(health_router)
+    app.include_router(metrics_router)
     app.include_router(web_router)
     app.mount("/static", static_files(), name="static")
     # Innermost: the tus requests it serves still pass CORS and the method override.

@@ -4,6 +4,7 @@ its client (``upload``, ``status``, ``watch``, ``download``)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import socket
 import subprocess
@@ -41,7 +42,24 @@ class _GracefulServer(uvicorn.Server):
         gc.collect()
         gc.freeze()
 
+    shutdown_delay = 0.0
+    _draining = False
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        app = self.config.loaded_app
+        state = getattr(getattr(app, "app", app), "state", None)
+        if state is not None:
+            state.draining = True  # /readyz answers 503 from now on
+        if self.shutdown_delay > 0 and not self._draining:
+            # Still serving, so that a load balancer sees /readyz fail and stops routing
+            # here; a second signal stops at once.
+            self._draining = True
+            log.info("server.draining", stop_in_seconds=self.shutdown_delay)
+            asyncio.get_running_loop().call_later(self.shutdown_delay, self._stop, sig, frame)
+            return
+        self._stop(sig, frame)
+
+    def _stop(self, sig: int, frame: FrameType | None) -> None:
         app = self.config.loaded_app
         state = getattr(getattr(app, "app", app), "state", None)
         service = getattr(state, "uploads", None) if state is not None else None
@@ -66,14 +84,19 @@ def _serve(settings: Settings, host: str, port: int) -> int:
         host=host,
         port=port,
         loop="uvloop",
-        http=guarded_protocol(settings.max_header_bytes, settings.header_timeout_seconds),
+        http=guarded_protocol(
+            settings.max_header_bytes, settings.header_timeout_seconds, settings.max_connections
+        ),
+        timeout_keep_alive=settings.keep_alive_seconds,
         lifespan="on",
         access_log=settings.access_log,
         log_config=None,
         timeout_graceful_shutdown=30,
     )
     log.info("server.listening", url=f"http://{host}:{port}", tus=f"http://{host}:{port}{settings.tus_path}")
-    _GracefulServer(config).run()
+    server = _GracefulServer(config)
+    server.shutdown_delay = settings.shutdown_delay_seconds
+    server.run()
     return 0
 
 
@@ -85,10 +108,18 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
-def _worker(settings: Settings, concurrency: int | None, pool: str) -> int:
+def _worker(settings: Settings, concurrency: int | None, pool: str, metrics_port: int | None) -> int:
     if settings.processing != "celery":
         log.error("worker.not_configured", hint="set UPLOADER_PROCESSING=celery and UPLOADER_REDIS_URL")
         return 2
+    if metrics_port is not None:
+        from uploader.observability import metrics_server
+
+        # Before anything imports the metrics: they are kept in files the pool shares.
+        metrics_server.prepare_multiprocess()
+        token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        metrics_server.serve_metrics(settings.host, metrics_port, token)
+        log.info("worker.metrics", url=f"http://{settings.host}:{metrics_port}/metrics")
     from workers.tasks import build_worker_app
 
     app = build_worker_app(settings)
@@ -308,6 +339,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     worker = commands.add_parser("worker", help="run a Celery worker for the processing pipeline")
     worker.add_argument("--concurrency", type=int, help="worker processes (default: one per core)")
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    worker.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics at http://UPLOADER_HOST:PORT/metrics"
+    )
     commands.add_parser("beat", help="run the periodic jobs (expiry, resending lost work)")
     commands.add_parser("ping-worker", help="exit 0 when this host's worker answers (health checks)")
     _client_commands(commands)
@@ -328,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "serve":
         sys.exit(_serve(settings, args.host or settings.host, args.port or settings.port))
     if args.command == "worker":
-        sys.exit(_worker(settings, args.concurrency, args.pool))
+        sys.exit(_worker(settings, args.concurrency, args.pool, args.metrics_port))
     if args.command == "beat":
         sys.exit(_beat(settings))
     if args.command == "ping-worker":

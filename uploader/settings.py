@@ -92,6 +92,10 @@ class Settings(BaseSettings):
         default=None, description="JSON log lines; unset means JSON unless stderr is a terminal."
     )
     access_log: bool = False
+    metrics: bool = Field(default=True, description="Count requests and serve them at /metrics.")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="If set, /metrics needs Authorization: Bearer <this token>."
+    )
 
     max_upload_size: int = Field(default=10 * GiB, gt=0, description="Tus-Max-Size in bytes.")
     upload_ttl_seconds: int = Field(
@@ -124,6 +128,18 @@ class Settings(BaseSettings):
     )
     max_header_bytes: int = Field(
         default=64 * 1024, ge=1024, description="The request line and headers together, at most (431)."
+    )
+    max_connections: int | None = Field(
+        default=None, ge=1, description="Connections open at once, at most; beyond, 503 with Retry-After."
+    )
+    keep_alive_seconds: int = Field(
+        default=5, gt=0, description="An idle keep-alive connection is closed after this."
+    )
+    shutdown_delay_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="After SIGTERM, keep serving this long with /readyz answering 503 (so that a "
+        "load balancer stops routing here), then stop taking connections and drain.",
     )
     tombstone_retention_seconds: int = Field(
         default=7 * 24 * 3600,

@@ -14,10 +14,12 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from celery import Celery, Task
-from celery.signals import worker_process_shutdown
+from celery.signals import task_failure, task_retry, task_success, worker_process_shutdown
 
 from uploader.db.models import UploadState, utcnow
 from uploader.kit.logging import get_logger
+from uploader.observability import metrics, metrics_server
+from uploader.observability.request_ids import TASK_REQUEST_ID, current_request_id, sane_or_none
 from uploader.processing.pipeline import TRANSIENT_ERRORS
 from uploader.runtime import Runtime
 from uploader.settings import Settings
@@ -58,8 +60,24 @@ class WorkerContext:
 
 
 @worker_process_shutdown.connect  # type: ignore[untyped-decorator]
-def _close_context(**_: Any) -> None:
+def _close_context(pid: int | None = None, **_: Any) -> None:
     WorkerContext.close_current()
+    metrics_server.process_ended(pid or os.getpid())
+
+
+@task_success.connect  # type: ignore[untyped-decorator]
+def _count_success(sender: Task | None = None, **_: Any) -> None:
+    metrics.TASKS.labels(getattr(sender, "name", "unknown"), "succeeded").inc()
+
+
+@task_retry.connect  # type: ignore[untyped-decorator]
+def _count_retry(sender: Task | None = None, **_: Any) -> None:
+    metrics.TASKS.labels(getattr(sender, "name", "unknown"), "retried").inc()
+
+
+@task_failure.connect  # type: ignore[untyped-decorator]
+def _count_failure(sender: Task | None = None, **_: Any) -> None:
+    metrics.TASKS.labels(getattr(sender, "name", "unknown"), "failed").inc()
 
 
 def build_worker_app(settings: Settings) -> Celery:
@@ -68,6 +86,9 @@ def build_worker_app(settings: Settings) -> Celery:
     @app.task(name=PROCESS_TASK, bind=True, max_retries=settings.task_max_retries)  # type: ignore[untyped-decorator]
     def process_upload(task: Task, upload_id: str) -> str | None:
         context = WorkerContext.get(settings)
+        # The request that completed the upload: its id goes into this task's log lines
+        # and the webhook events it writes.
+        bound = current_request_id.set(sane_or_none(getattr(task.request, TASK_REQUEST_ID, None)))
         try:
             return context.run(context.runtime.pipeline.run(upload_id))
         except TRANSIENT_ERRORS as exc:
@@ -77,6 +98,8 @@ def build_worker_app(settings: Settings) -> Celery:
                 return UploadState.FAILED
             log.warning("processing.retry", upload_id=upload_id, attempt=retries + 1, error=str(exc))
             raise task.retry(exc=exc, countdown=settings.task_retry_backoff_seconds * 2**retries) from exc
+        finally:
+            current_request_id.reset(bound)
 
     @app.task(name=WEBHOOKS_TASK)  # type: ignore[untyped-decorator]
     def deliver_webhooks() -> int:

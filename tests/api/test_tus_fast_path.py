@@ -15,9 +15,9 @@ from uploader.protocols.tus_fast_path import TusFastPath
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OFFSET_STREAM = {**TUS, "Content-Type": "application/offset+octet-stream"}
-# Headers that differ between two uploads made the same way, and CORS's Vary, which the
-# routes reached directly (without the outer layers) do not get.
-VARYING = {"location", "upload-expires", "date", "content-length", "vary"}
+# Headers that differ between two uploads made the same way (the request id too), and
+# CORS's Vary, which the routes reached directly (without the outer layers) do not get.
+VARYING = {"location", "upload-expires", "date", "content-length", "vary", "x-request-id"}
 
 
 def fast_path_of(app: Any) -> TusFastPath:
@@ -32,6 +32,7 @@ def answer(response: httpx.Response) -> tuple[int, dict[str, str], Any]:
     body = response.json() if response.content else None
     if isinstance(body, dict):
         body.pop("instance", None)  # the request's path names its upload
+        body.pop("request_id", None)  # one per request
     return response.status_code, headers, body
 
 

@@ -23,13 +23,13 @@ from tests.sse import SseEvent, events_of, read_events
 from tests.support import (
     PATCH_HEADERS,
     S3_TEST_BUCKET,
-    S3_TEST_ENV,
     TUS,
     LiveServer,
     WebhookReceiver,
     WorkerProcess,
     metadata,
     redis_env,
+    s3_celery_env,
     s3_client,
     spawn_uploader,
     start_server,
@@ -101,12 +101,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str, redis_url:
     receiver = WebhookReceiver(failures=1)  # the first delivery fails: retries are exercised
     with fresh_postgres_database() as database_url, redis_env_context(redis_url) as redis_settings:
         env = {
-            **S3_TEST_ENV,
-            **redis_settings,
-            "UPLOADER_DATABASE_URL": database_url,
-            "UPLOADER_STORAGE_URL": f"s3://{S3_TEST_BUCKET}/{prefix}",
-            "UPLOADER_S3_ENDPOINT_URL": s3_endpoint,
-            "UPLOADER_PROCESSING": "celery",
+            **s3_celery_env(database_url, redis_settings, s3_endpoint, prefix),
             # The checksum of big files is left to the worker: a step long enough to kill in.
             "UPLOADER_INLINE_DIGEST_MAX_BYTES": str(MiB),
             "UPLOADER_TASK_RETRY_BACKOFF_SECONDS": "0.2",

@@ -16,6 +16,7 @@ from uploader.auth.dependencies import Reading
 from uploader.db.models import UploadState
 from uploader.events.bus import Event, EventBus
 from uploader.kit.errors import ProblemError
+from uploader.observability import metrics
 from uploader.uploads.dependencies import checked_upload_id, service_of
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
@@ -108,9 +109,11 @@ class _CountedStream(StreamingResponse):
         _open_streams[owner] += 1
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        metrics.SSE_CLIENTS.inc()
         try:
             await super().__call__(scope, receive, send)
         finally:
+            metrics.SSE_CLIENTS.dec()
             _open_streams[self.owner] -= 1
             if _open_streams[self.owner] <= 0:
                 del _open_streams[self.owner]

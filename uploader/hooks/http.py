@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from uploader.kit.errors import ProblemError
 from uploader.kit.logging import get_logger
+from uploader.observability import metrics
+from uploader.observability.request_ids import REQUEST_ID_HEADER, current_request_id
 from uploader.settings import HOOK_EVENTS, Settings
 from uploader.webhooks.signing import EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 
@@ -88,6 +90,20 @@ class HttpHooks:
 
     async def ask(self, event: str, upload: Upload, principal: str) -> HookAnswer:
         """The hook's answer for ``upload``; raises ``hook.rejected`` or ``hook.unavailable``."""
+        begun = time.perf_counter()
+        outcome = "unavailable"
+        try:
+            answer = await self._ask(event, upload, principal)
+            outcome = "accepted"
+            return answer
+        except ProblemError as exc:
+            outcome = "rejected" if exc.code == "hook.rejected" else "unavailable"
+            raise
+        finally:
+            metrics.HOOK_CALLS.labels(event, outcome).inc()
+            metrics.HOOK_DURATION.labels(event).observe(time.perf_counter() - begun)
+
+    async def _ask(self, event: str, upload: Upload, principal: str) -> HookAnswer:
         import httpx
 
         from uploader.uploads.schemas import UploadStatus
@@ -106,6 +122,9 @@ class HttpHooks:
             TIMESTAMP_HEADER: str(timestamp),
             SIGNATURE_HEADER: signature(self.secret, timestamp, body),
         }
+        request_id = current_request_id.get()
+        if request_id is not None:
+            headers[REQUEST_ID_HEADER] = request_id
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
         begun = time.monotonic()

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from uploader.kit.logging import get_logger
+from uploader.observability.request_ids import current_request_id
 from uploader.storage.base import StorageFull, StorageUnavailable
 
 log = get_logger(__name__)
@@ -92,6 +93,7 @@ ERRORS: dict[str, ErrorKind] = {
     "storage.unavailable": ErrorKind(503, "Storage is unavailable"),
     "service.shutting_down": ErrorKind(503, "The server is shutting down"),
     "service.unavailable": ErrorKind(503, "A service this request needs is unavailable"),
+    "service.busy": ErrorKind(503, "The server has as many connections open as it takes"),
     "internal": ErrorKind(500, "Internal error"),
 }
 
@@ -152,6 +154,7 @@ def problem_response(
         "detail": detail,
         "code": code,
         "instance": request.url.path,
+        "request_id": current_request_id.get(),
         **(members or {}),
     }
     all_headers = dict(headers or {})

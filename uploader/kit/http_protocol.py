@@ -18,6 +18,9 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from uploader.kit.errors import ERRORS
+from uploader.observability import metrics
+
+BUSY_RETRY_AFTER_SECONDS = 1
 
 
 class _Refused(Exception):
@@ -26,8 +29,9 @@ class _Refused(Exception):
     nothing once this connection has answered."""
 
 
-def _problem(code: str, detail: str) -> bytes:
-    """The problem document of ``code`` (from the one table of codes), as a whole response."""
+def _problem(code: str, detail: str, headers: str = "") -> bytes:
+    """The problem document of ``code`` (from the one table of codes), as a whole response;
+    ``headers``: more header lines, each ending in CRLF."""
     kind = ERRORS[code]
     status = kind.status
     body = json.dumps(
@@ -42,7 +46,7 @@ def _problem(code: str, detail: str) -> bytes:
     reason = HTTPStatus(status).phrase
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/problem+json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n{headers}\r\n"
     )
     return head.encode() + body
 
@@ -50,13 +54,18 @@ def _problem(code: str, detail: str) -> bytes:
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     max_header_bytes = 64 * 1024
     header_timeout = 20.0
+    max_connections: int | None = None  # beyond it, a new connection's request gets a 503
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        metrics.CONNECTIONS_OPEN.inc()
         self._header_bytes = 0
         self._awaiting_headers = True
         self._refused = False
         self._header_timer: asyncio.TimerHandle | None = None
+        # The server's set of connections holds this one already.
+        limit = self.max_connections
+        self._over_limit = limit is not None and len(self.server_state.connections) > limit
         self._start_header_timer()
 
     def _start_header_timer(self) -> None:
@@ -71,14 +80,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _headers_timed_out(self) -> None:
         self._header_timer = None
         if self._awaiting_headers and not self.transport.is_closing():
+            metrics.REQUEST_TIMEOUTS.labels("header").inc()
             detail = f"the request's headers did not arrive within {self.header_timeout:g} s"
             self._refuse("request.header_timeout", detail)
 
-    def _refuse(self, code: str, detail: str) -> None:
+    def _refuse(self, code: str, detail: str, headers: str = "") -> None:
         self._refused = True
         self._awaiting_headers = True  # every byte from here on goes nowhere
         self._stop_header_timer()
-        self.transport.write(_problem(code, detail))
+        self.transport.write(_problem(code, detail, headers))
         # Read no more, and close a moment later: closing at once while the client still
         # sends would reset the connection and could discard the answer before it is read.
         self.transport.pause_reading()
@@ -105,6 +115,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         if self._refused:
             raise _Refused
+        if self._over_limit:  # answered once the client speaks, so that it reads the answer
+            metrics.CONNECTIONS_REFUSED.inc()
+            detail = f"{self.max_connections} connections are open, the most this server takes"
+            self._refuse("service.busy", detail, f"retry-after: {BUSY_RETRY_AFTER_SECONDS}\r\n")
+            raise _Refused
         super().on_message_begin()
         self._awaiting_headers = True
         self._header_bytes = 0
@@ -124,14 +139,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        metrics.CONNECTIONS_OPEN.dec()
         self._stop_header_timer()
         super().connection_lost(exc)
 
 
-def guarded_protocol(max_header_bytes: int, header_timeout: float) -> Any:
+def guarded_protocol(max_header_bytes: int, header_timeout: float, max_connections: int | None = None) -> Any:
     """The protocol class for uvicorn's ``http`` setting, with these limits."""
     return type(
         "GuardedHttpTools",
         (GuardedHttpToolsProtocol,),
-        {"max_header_bytes": max_header_bytes, "header_timeout": header_timeout},
+        {
+            "max_header_bytes": max_header_bytes,
+            "header_timeout": header_timeout,
+            "max_connections": max_connections,
+        },
     )

@@ -17,6 +17,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from uploader.observability.request_ids import current_request_id
+
 # Credentials never reach a log line: a token in a query string (an access log's path),
 # an API key or a JWT anywhere in a value.
 _CREDENTIALS = (
@@ -39,6 +41,13 @@ def _redact_credentials(_logger: Any, _method: str, event_dict: dict[str, Any]) 
     return event_dict
 
 
+def _add_request_id(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    request_id = current_request_id.get()
+    if request_id is not None:
+        event_dict.setdefault("request_id", request_id)
+    return event_dict
+
+
 def configure_logging(level: str = "info", json_lines: bool | None = None) -> None:
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
@@ -52,6 +61,7 @@ def configure_logging(level: str = "info", json_lines: bool | None = None) -> No
     # What every line carries, whether structlog or the standard library made it.
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _add_request_id,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

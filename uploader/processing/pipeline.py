@@ -27,6 +27,7 @@ from uploader.db.engine import Database
 from uploader.db.models import Upload, UploadState, utcnow
 from uploader.events.bus import EventBus
 from uploader.kit.logging import get_logger
+from uploader.observability import metrics
 from uploader.settings import Settings
 from uploader.storage.base import StorageUnavailable, TerminatableUpload, UploadStore
 from uploader.uploads import repository
@@ -121,6 +122,7 @@ class Pipeline:
         ready = {**unrecorded, "state": UploadState.READY}
         if not await self._advance(upload, UploadState.PROCESSING, report=True, **ready):
             return await self._left_processing(upload)
+        metrics.PROCESSING_FINISHED.labels("ready").inc()
         log.info("processing.ready", upload_id=upload_id, detected_type=upload.detected_type)
         await self._publish(upload, "upload.ready")
         return upload.state
@@ -142,6 +144,9 @@ class Pipeline:
 
     async def announce_processed(self, upload: Upload) -> None:
         """The events of a full run, for an upload recorded with ``processed_from_head``."""
+        metrics.PROCESSING_FINISHED.labels("ready").inc()
+        for name, step in (upload.processing or {}).get("steps", {}).items():
+            metrics.STEPS.labels(name, step["state"]).inc()
         during = {**event_data(upload), "state": str(UploadState.PROCESSING)}
         publish = partial(self.events.publish, upload.owner, upload.id)
         await publish("upload.processing", during)
@@ -170,6 +175,7 @@ class Pipeline:
             if upload.state == state and await self._advance(
                 upload, state, report=True, state=UploadState.FAILED, failure_reason=reason[:2000], **removal
             ):
+                metrics.PROCESSING_FINISHED.labels("failed").inc()
                 log.warning(
                     "processing.failed", upload_id=upload_id, reason=reason, bytes_removed=remove_bytes
                 )
@@ -189,7 +195,17 @@ class Pipeline:
         write, saving a transaction."""
         await self._publish(upload, "processing.step_started", step=step)
         begun = time.monotonic()
-        result = await self.steps[step](upload)
+        try:
+            result = await self.steps[step](upload)
+        except StepFailed:
+            metrics.STEPS.labels(step, "failed").inc()
+            raise
+        except BaseException:
+            metrics.STEPS.labels(step, "error").inc()
+            raise
+        finally:
+            metrics.STEP_DURATION.labels(step).observe(time.monotonic() - begun)
+        metrics.STEPS.labels(step, result.outcome).inc()
         seconds = time.monotonic() - begun
         processing = dict(upload.processing or {})
         done = {"state": result.outcome, "seconds": round(seconds, 3)}

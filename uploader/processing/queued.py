@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from uploader.db.models import Upload
 from uploader.kit.logging import get_logger
+from uploader.observability.request_ids import TASK_REQUEST_ID, current_request_id
 from uploader.settings import Settings
 from workers.celery_app import PROCESS_TASK, WEBHOOKS_TASK
 
@@ -58,7 +59,9 @@ def queued_drain(app: Celery, settings: Settings) -> Callable[[], Awaitable[None
 async def send_task(app: Celery, name: str, argument: Any, settings: Settings) -> None:
     """Send task ``name`` (with ``argument``, unless None)."""
     args = [] if argument is None else [argument]
+    request_id = current_request_id.get()
+    headers = {TASK_REQUEST_ID: request_id} if request_id is not None else None
     try:
-        await asyncio.to_thread(app.send_task, name, args=args, queue=settings.task_queue)
+        await asyncio.to_thread(app.send_task, name, args=args, queue=settings.task_queue, headers=headers)
     except Exception as exc:  # the broker is down: the sweep sends it later
         log.error("task.send_failed", task=name, error=str(exc))

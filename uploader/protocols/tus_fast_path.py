@@ -49,6 +49,7 @@ class TusFastPath:
         self.tus_path = tus_path
         self.exception_handlers = exception_handlers
         self.endpoints: dict[tuple[str, bool], Endpoint] = {}
+        self.routes: dict[tuple[str, bool], APIRoute] = {}  # what the request metrics label
         for route in router.routes:
             if not isinstance(route, APIRoute):
                 continue
@@ -56,6 +57,7 @@ class TusFastPath:
                 key = (method, route.path != tus_path)
                 if key in _SERVED:
                     self.endpoints[key] = _checked(route.endpoint, _SERVED[key])
+                    self.routes[key] = route
         missing = set(_SERVED) - set(self.endpoints)
         if missing:
             raise RuntimeError(f"the tus router has no endpoint for {sorted(missing)}")
@@ -65,8 +67,10 @@ class TusFastPath:
             path = get_route_path(scope)
             if path.startswith(self.tus_path):
                 upload_id = path[len(self.tus_path) :]
-                endpoint = self.endpoints.get((scope["method"], bool(upload_id)))
+                key = (scope["method"], bool(upload_id))
+                endpoint = self.endpoints.get(key)
                 if endpoint is not None and "/" not in upload_id:
+                    scope["route"] = self.routes[key]
                     response = await self._serve(endpoint, upload_id, Request(scope, receive, send))
                     await response(scope, receive, send)
                     return

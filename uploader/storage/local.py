@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from uploader.observability import metrics
 from uploader.storage.base import (
     Checkpoint,
     CheckpointRecorder,
@@ -48,6 +49,7 @@ class LocalUpload:
         self.checkpoint_bytes = checkpoint_bytes
         self._size_written: int | None = None  # the file's size after this handle's write
 
+    @metrics.timed_storage("local", "write")
     async def write_chunk(
         self,
         offset: int,
@@ -156,6 +158,7 @@ class LocalUpload:
         with contextlib.suppress(FileNotFoundError):
             os.truncate(self.path, offset)
 
+    @metrics.timed_storage("local", "finish")
     async def finish(self, length: int) -> None:
         # Metadata-only calls: quick enough for the loop.
         if length == 0:
@@ -169,6 +172,7 @@ class LocalUpload:
         except FileNotFoundError as exc:
             raise StorageUnavailable(f"stored file for {self.key} is missing") from exc
 
+    @metrics.timed_storage("local", "terminate")
     async def terminate(self) -> None:
         def remove() -> None:
             self.path.unlink(missing_ok=True)
@@ -176,6 +180,7 @@ class LocalUpload:
 
         await asyncio.to_thread(remove)
 
+    @metrics.timed_storage("local", "concatenate")
     async def concatenate(self, parts: list[StoredUpload], lengths: list[int]) -> None:
         await asyncio.to_thread(self._concatenate, parts, lengths)
 
@@ -334,6 +339,7 @@ class LocalStore:
             raise ValueError(f"invalid storage key {key!r}")
         return self.root / key[:2] / key
 
+    @metrics.timed_storage("local", "create")
     async def create(self, key: str, length: int | None) -> LocalUpload:
         # The file appears with the first write; an upload that never gets bytes costs nothing.
         return LocalUpload(key, self._path(key), self.checkpoint_bytes)
@@ -357,6 +363,7 @@ class LocalStore:
 
         return await asyncio.to_thread(scan)
 
+    @metrics.timed_storage("local", "remove_key")
     async def remove_key(self, key: str) -> None:
         await LocalUpload(key, self._path(key), self.checkpoint_bytes).terminate()
 
@@ -365,6 +372,7 @@ class LocalStore:
             raise ValueError(f"invalid derived file name {name!r}")
         return derived_dir(self._path(key)) / name
 
+    @metrics.timed_storage("local", "put_derived")
     async def put_derived(self, key: str, name: str, data: bytes) -> None:
         target = self._derived_path(key, name)
 
@@ -383,6 +391,7 @@ class LocalStore:
         async for block in _read_file(self._derived_path(key, name), start, end):
             yield block
 
+    @metrics.timed_storage("local", "delete_derived")
     async def delete_derived(self, key: str, keep: Collection[str] = ()) -> None:
         folder = derived_dir(self._path(key))
 

@@ -22,6 +22,7 @@ import io
 import json
 import math
 import re
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Collection
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from aiohttp.abc import AbstractStreamWriter
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from uploader.observability import metrics
 from uploader.storage.base import (
     AlreadyFinished,
     Checkpoint,
@@ -71,6 +73,18 @@ async def _s3(call: Awaitable[T]) -> T:
         return await call
     except (ClientError, BotoCoreError) as exc:
         raise StorageUnavailable(f"S3: {exc}") from exc
+
+
+def _request_started(model: Any, context: dict[str, Any], **_: Any) -> None:
+    context["uploader_call"] = (model.name, time.perf_counter())
+
+
+def _request_ended(context: dict[str, Any], **_: Any) -> None:
+    """Every call the client makes, its retries included, by API operation."""
+    call = context.pop("uploader_call", None)
+    if call is not None:
+        operation, started = call
+        metrics.S3_REQUEST_DURATION.labels(operation).observe(time.perf_counter() - started)
 
 
 def _is_missing(exc: BaseException) -> bool:
@@ -142,6 +156,7 @@ class S3Upload:
 
     # -- the StoredUpload protocol ---------------------------------------------
 
+    @metrics.timed_storage("s3", "write")
     async def write_chunk(
         self,
         offset: int,
@@ -218,6 +233,7 @@ class S3Upload:
         # The tail of ``offset`` was never touched; later parts are rewritten by the next write.
         await self._drop_tails(keep=offset)
 
+    @metrics.timed_storage("s3", "finish")
     async def finish(self, length: int) -> None:
         try:
             info = await self.info()
@@ -237,6 +253,7 @@ class S3Upload:
             await self._complete_multipart(info, await self._listed_parts(info, count))
         await self._drop_tails(keep=None)
 
+    @metrics.timed_storage("s3", "terminate")
     async def terminate(self) -> None:
         with contextlib.suppress(StorageUnavailable):
             await self._abort(await self.info())
@@ -260,6 +277,7 @@ class S3Upload:
     async def declare_length(self, length: int) -> None:
         return None  # parts are sized for the maximum upload size already
 
+    @metrics.timed_storage("s3", "concatenate")
     async def concatenate(self, parts: list[StoredUpload], lengths: list[int]) -> None:
         """Server-side copies where S3 allows them (every part but the last >= 5 MiB)."""
         info = await self.info()
@@ -601,6 +619,10 @@ class S3Store:
         )
         self._client_context = self._session.client("s3", endpoint_url=self.endpoint_url, config=config)
         self.client = await self._client_context.__aenter__()
+        events = self.client.meta.events
+        events.register("before-call.s3", _request_started)
+        events.register("after-call.s3", _request_ended)
+        events.register("after-call-error.s3", _request_ended)
 
     async def close(self) -> None:
         if self._client_context is not None:
@@ -613,6 +635,7 @@ class S3Store:
         while len(self.known_info) > 10_000:
             self.known_info.popitem(last=False)
 
+    @metrics.timed_storage("s3", "create")
     async def create(self, key: str, length: int | None) -> S3Upload:
         upload = S3Upload(self, key)
         await upload._start(choose_part_size(length, self.max_upload_size, self.part_size))
@@ -667,6 +690,7 @@ class S3Store:
                     newest[key] = max(newest[key], part["LastModified"].timestamp())
         return [key for key, modified in newest.items() if modified < before]
 
+    @metrics.timed_storage("s3", "remove_key")
     async def remove_key(self, key: str) -> None:
         for found, multipart_id, _ in await self._multipart_uploads(key):
             if found == key:  # even one whose ``.info`` was never written
@@ -684,12 +708,14 @@ class S3Store:
     def _derived_key(self, key: str, name: str) -> str:
         return f"{self.prefix}{key}.derived/{name}"
 
+    @metrics.timed_storage("s3", "put_derived")
     async def put_derived(self, key: str, name: str, data: bytes) -> None:
         await self.put_bytes(self._derived_key(key, name), data)
 
     def derived_reader(self, key: str, name: str, start: int, end: int) -> AsyncIterator[bytes]:
         return self.read_range(self._derived_key(key, name), start, end)
 
+    @metrics.timed_storage("s3", "delete_derived")
     async def delete_derived(self, key: str, keep: Collection[str] = ()) -> None:
         for object_key in await self.list_keys(self._derived_key(key, "")):
             if object_key.rsplit("/", 1)[1] not in keep:

@@ -10,6 +10,7 @@ from typing import Any
 from uploader.db.models import ConcatRole, Upload, UploadState, utcnow
 from uploader.kit.errors import DependencyUnavailable, ProblemError
 from uploader.kit.logging import get_logger
+from uploader.observability import metrics
 from uploader.storage.base import (
     RunningDigest,
     StoredUpload,
@@ -85,6 +86,8 @@ class Completion(ServiceCore):
             processed = self.processor.processed_from_head(upload, head)
             fields.update(processed or {})
         await self._record(upload, generation, fields, retry=retry, report=True)
+        if upload.concat_role != ConcatRole.PARTIAL:
+            metrics.UPLOADS_FINISHED.labels(metrics.current_protocol.get()).inc()
         log.info("upload.received", upload_id=upload.id, length=length, state=upload.state)
         await self._publish(upload, "upload.received", state=str(state))
         if processed is not None:

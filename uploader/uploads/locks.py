@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
+from uploader.observability import metrics
+
 
 class UploadLocked(Exception):
     """The holder did not let go in time."""
@@ -44,6 +46,8 @@ class LockHolder:
             callback()
 
     def interrupt(self) -> None:
+        if not self.interrupted:
+            metrics.LOCK_INTERRUPTS.inc()
         self.interrupted = True
         for callback in self._on_interrupt:
             callback()
@@ -118,16 +122,8 @@ class LocalLocker:
     ) -> AsyncIterator[LockHolder]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout if patience is None else patience)
-        while (current := self._holders.get(upload_id)) is not None:
-            if interrupt:
-                current.interrupt()
-            remaining = deadline - loop.time()
-            try:
-                if remaining <= 0:
-                    raise TimeoutError
-                await asyncio.wait_for(current.released.wait(), remaining)
-            except TimeoutError:
-                raise UploadLocked(upload_id) from None
+        if upload_id in self._holders:
+            await self._wait_for(upload_id, interrupt, deadline)
         holder = LockHolder(generation if generation is not None else self.generations.next())
         self._holders[upload_id] = holder
         try:
@@ -135,6 +131,26 @@ class LocalLocker:
         finally:
             del self._holders[upload_id]
             holder.released.set()
+
+    async def _wait_for(self, upload_id: str, interrupt: bool, deadline: float) -> None:
+        """Until no one holds ``upload_id`` (asking holders to stop, if ``interrupt``), or
+        ``UploadLocked`` at ``deadline``."""
+        loop = asyncio.get_running_loop()
+        metrics.LOCK_WAITS.inc()
+        started = loop.time()
+        try:
+            while (current := self._holders.get(upload_id)) is not None:
+                if interrupt:
+                    current.interrupt()
+                remaining = deadline - loop.time()
+                try:
+                    if remaining <= 0:
+                        raise TimeoutError
+                    await asyncio.wait_for(current.released.wait(), remaining)
+                except TimeoutError:
+                    raise UploadLocked(upload_id) from None
+        finally:
+            metrics.LOCK_WAIT_DURATION.observe(loop.time() - started)
 
     def holder(self, upload_id: str) -> LockHolder | None:
         return self._holders.get(upload_id)

@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from uploader.kit.errors import DependencyUnavailable
 from uploader.kit.logging import get_logger
 from uploader.kit.redis import redis_client
+from uploader.observability import metrics
 from uploader.uploads.locks import LocalLocker, LockHolder, UploadLocked
 
 log = get_logger(__name__)
@@ -117,6 +118,7 @@ class RedisLocker:
             token = secrets.token_hex(8)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + (self.timeout if patience is None else patience)
+            waited_from: float | None = None
             while True:
                 sent = time.monotonic()
                 try:
@@ -125,14 +127,20 @@ class RedisLocker:
                     )
                     if generation is not None:
                         break
+                    if waited_from is None:
+                        waited_from = loop.time()
+                        metrics.LOCK_WAITS.inc()
                     # Held by another process: ask it to let go, then try again shortly.
                     if interrupt:
                         await self.redis.publish(self.channel, upload_id)
                 except RedisError as exc:
                     raise DependencyUnavailable("redis", str(exc)) from exc
                 if loop.time() > deadline:
+                    metrics.LOCK_WAIT_DURATION.observe(loop.time() - (waited_from or deadline))
                     raise UploadLocked(upload_id)
                 await asyncio.sleep(0.05)
+            if waited_from is not None:
+                metrics.LOCK_WAIT_DURATION.observe(loop.time() - waited_from)
             holder.generation = int(generation)
             holder.valid_until = sent + self.lease_seconds * _SAFE_SHARE
             self._leased[upload_id] = holder

@@ -11,6 +11,7 @@ from typing import Any
 from uploader.db.models import Upload, UploadState, utcnow
 from uploader.kit.errors import DependencyUnavailable, ProblemError
 from uploader.kit.logging import get_logger
+from uploader.observability import metrics
 from uploader.quotas.admission import prune_token_uses
 from uploader.storage.base import (
     StorageFull,
@@ -69,6 +70,7 @@ class Removal(ServiceCore):
             await self._storage(stored.terminate())
         if not recorded:
             await self._storage(self.db.run(record))
+        (metrics.UPLOADS_EXPIRED if state == UploadState.EXPIRED else metrics.UPLOADS_TERMINATED).inc()
         log.info(f"upload.{state.value}", upload_id=upload.id)
         await self._publish(upload, f"upload.{state.value}")
 

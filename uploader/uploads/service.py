@@ -8,6 +8,7 @@ in storage, and advances during a long write too (checkpoints).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -16,6 +17,7 @@ from uploader.auth.principal import Principal
 from uploader.db.models import ConcatRole, Upload, UploadState, utcnow
 from uploader.kit.errors import DependencyUnavailable, ProblemError
 from uploader.kit.logging import get_logger
+from uploader.observability import metrics
 from uploader.quotas.admission import Admitted
 from uploader.storage.base import (
     AlreadyFinished,
@@ -114,6 +116,8 @@ class UploadService(Concatenation, Removal):
             while len(self._unwritten) > MAX_RUNNING_DIGESTS:
                 self._unwritten.popitem(last=False)
         log.debug("upload.created", upload_id=upload_id, length=length, concat=concat_role)
+        if concat_role != ConcatRole.PARTIAL:
+            metrics.UPLOADS_CREATED.labels(metrics.current_protocol.get()).inc()
         await self._publish(upload, "upload.created")
         if length == 0:
             await self._complete(upload, await self.store.find(upload.storage_key), upload.writer_generation)
@@ -179,6 +183,8 @@ class UploadService(Concatenation, Removal):
                 asked = replace(upload, state=UploadState.RECEIVING, detected_type=sniff(head))
                 await self.hooks.ask("pre-finish", asked, owner)
         await self.db.run(partial(self._insert_admitted, principal=principal, admitted=admitted, new=uploads))
+        metrics.UPLOADS_CREATED.labels("form").inc(len(uploads))
+        metrics.UPLOADS_FINISHED.labels("form").inc(len(uploads))
         for upload in uploads:
             log.info("upload.received", upload_id=upload.id, length=upload.length, via="form")
             await self._publish(upload, "upload.created")
@@ -227,7 +233,7 @@ class UploadService(Concatenation, Removal):
         declared_length: int | None = None,
         checksum: Checksum | None = None,
     ) -> Upload:
-        async with self._locked(upload_id) as holder:
+        async with self._locked(upload_id) as holder, _in_flight():
             upload = await self._for_writing(owner, upload_id, holder)
             was_complete = upload.is_complete
             try:
@@ -262,6 +268,7 @@ class UploadService(Concatenation, Removal):
         if self._completed_now(upload, was_complete):
             await self._after_complete(upload)
         if body.idle:
+            metrics.REQUEST_TIMEOUTS.labels("body").inc()
             raise ProblemError(
                 "request.body_timeout",
                 f"nothing arrived for {self.settings.body_idle_timeout_seconds:g} s; what did is recorded",
@@ -361,7 +368,7 @@ class UploadService(Concatenation, Removal):
 
     async def complete_at_offset(self, owner: str, upload_id: str) -> Upload:
         """The client says every byte has been sent: the upload's length is its offset now."""
-        async with self._locked(upload_id) as holder:
+        async with self._locked(upload_id) as holder, _in_flight():
             upload = await self._for_writing(owner, upload_id, holder)
             was_complete = upload.is_complete
             try:
@@ -420,3 +427,13 @@ class UploadService(Concatenation, Removal):
         await self._publish(upload, "upload.reprocessing")
         await self.processor.submit(upload)
         return upload
+
+
+@contextlib.asynccontextmanager
+async def _in_flight() -> AsyncIterator[None]:
+    """Counts an append in ``uploader_patches_in_flight`` while it holds its lock."""
+    metrics.PATCHES_IN_FLIGHT.inc()
+    try:
+        yield
+    finally:
+        metrics.PATCHES_IN_FLIGHT.dec()

@@ -20,6 +20,8 @@ from uploader.db.models import utcnow
 from uploader.events.bus import Event, EventBus, Subscription
 from uploader.kit.errors import DependencyUnavailable
 from uploader.kit.logging import get_logger
+from uploader.observability import metrics
+from uploader.observability.request_ids import REQUEST_ID_HEADER
 from uploader.settings import Settings
 from uploader.webhooks import outbox
 from uploader.webhooks.addresses import refused_address
@@ -42,8 +44,11 @@ class DeliveryFailed(Exception):
     """The receiver did not take the delivery; worth trying again later."""
 
 
-async def deliver(settings: Settings, payload: dict[str, Any], client: WebhookClient) -> None:
-    """POST one signed delivery (a fresh timestamp on every attempt); raise ``DeliveryFailed``."""
+async def deliver(
+    settings: Settings, payload: dict[str, Any], client: WebhookClient, request_id: str | None = None
+) -> None:
+    """POST one signed delivery (a fresh timestamp on every attempt); raise ``DeliveryFailed``.
+    ``request_id``: of the request that caused the event (ours, checked when accepted)."""
     if not settings.webhook_url or not settings.webhook_secret:
         raise DeliveryFailed("webhooks are not configured")
     body = json.dumps(payload, separators=(",", ":")).encode()
@@ -54,6 +59,7 @@ async def deliver(settings: Settings, payload: dict[str, Any], client: WebhookCl
         f"{EVENT_HEADER}: {payload['type']}\r\n{DELIVERY_HEADER}: {payload['id']}\r\n"
         f"{TIMESTAMP_HEADER}: {timestamp}\r\n"
         f"{SIGNATURE_HEADER}: {signature(settings.webhook_secret, timestamp, body)}\r\n"
+        + (f"{REQUEST_ID_HEADER}: {request_id}\r\n" if request_id else "")
     ).encode()
     if not settings.webhook_allow_private:
         refused = await refused_address(settings.webhook_url)
@@ -131,11 +137,13 @@ class OutboxDispatcher:
 
     async def _attempt(self, delivery: outbox.Delivery) -> str | None:
         assert self._client is not None
+        started = time.perf_counter()
         try:
-            await deliver(self.settings, delivery.payload(), self._client)
+            await deliver(self.settings, delivery.payload(), self._client, delivery.request_id)
         except DeliveryFailed as exc:
             attempt = delivery.attempts + 1
             dead = attempt >= self.settings.webhook_max_attempts
+            metrics.WEBHOOK_DELIVERIES.labels("dead" if dead else "failed").inc()
             (log.error if dead else log.warning)(
                 "webhook.dead" if dead else "webhook.retry",
                 delivery=delivery.id,
@@ -145,6 +153,9 @@ class OutboxDispatcher:
                 error=str(exc),
             )
             return str(exc)
+        finally:
+            metrics.WEBHOOK_DURATION.observe(time.perf_counter() - started)
+        metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
         return None
 
     async def prune(self) -> int:

@@ -24,6 +24,7 @@ from sqlalchemy import insert as sql_insert
 
 from uploader.db.driver import DriverStatement
 from uploader.db.models import ConcatRole, Upload, utcnow, webhook_outbox
+from uploader.observability.request_ids import current_request_id
 
 WEBHOOK_EVENTS = frozenset({"upload.received", "upload.ready", "upload.failed"})
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
@@ -40,6 +41,7 @@ _INSERTED = (
     "status",
     "attempts",
     "next_attempt_at",
+    "request_id",
 )
 _INSERT = DriverStatement(sql_insert(webhook_outbox), {name: _c[name] for name in _INSERTED})
 
@@ -69,6 +71,7 @@ def record(connection: Connection, upload: Upload, events: list[tuple[str, dict[
     if upload.concat_role == ConcatRole.PARTIAL:
         return
     now = utcnow()
+    request_id = current_request_id.get()
     rows = [
         {
             "id": new_delivery_id(),
@@ -80,6 +83,7 @@ def record(connection: Connection, upload: Upload, events: list[tuple[str, dict[
             "status": PENDING,
             "attempts": 0,
             "next_attempt_at": now,
+            "request_id": request_id,
         }
         for event_type, data in events
         if event_type in WEBHOOK_EVENTS
@@ -102,6 +106,7 @@ class Delivery:
     next_attempt_at: datetime
     last_error: str | None
     delivered_at: datetime | None
+    request_id: str | None  # of the request that caused the event, sent as X-Request-ID
 
     def payload(self) -> dict[str, Any]:
         """The body POSTed to the receiver: the same on every attempt."""
@@ -126,6 +131,7 @@ class Delivery:
             "created_at": self.created_at.isoformat(),
             "next_attempt_at": self.next_attempt_at.isoformat() if self.status == PENDING else None,
             "delivered_at": self.delivered_at.isoformat() if self.delivered_at else None,
+            "request_id": self.request_id,
         }
 
 
@@ -142,6 +148,7 @@ _FIELDS = (
     _c.next_attempt_at,
     _c.last_error,
     _c.delivered_at,
+    _c.request_id,
 )
 
 

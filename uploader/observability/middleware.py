@@ -1,0 +1,122 @@
+"""The outermost ASGI layer: gives every request its id and counts it.
+
+Pure ASGI, not a Starlette ``BaseHTTPMiddleware``: it wraps ``send`` and ``receive`` and
+adds nothing else to a request, so a small tus upload pays a few microseconds for it.
+The route label is the template the router matched (``/files/{upload_id}``), never the
+raw path, so no client can add series.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from uploader.observability import metrics
+from uploader.observability.request_ids import REQUEST_ID_HEADER, accepted_or_new, current_request_id
+
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"  # the route label of a request no route took (a 404)
+CLIENT_GONE = 499  # the status label of a request whose client left before any answer
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that served ``scope``, or ``unmatched``."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED
+
+
+class _Observed:
+    """The method and route's metric children, looked up once per (method, route, status)."""
+
+    __slots__ = ("counters", "histograms")
+
+    def __init__(self) -> None:
+        self.counters: dict[tuple[str, str, int], Any] = {}
+        self.histograms: dict[tuple[str, str], Any] = {}
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        counter = self.counters.get(key)
+        if counter is None:
+            counter = self.counters[key] = metrics.REQUESTS.labels(method, route, str(status))
+        counter.inc()
+        histogram = self.histograms.get((method, route))
+        if histogram is None:
+            histogram = self.histograms[(method, route)] = metrics.REQUEST_DURATION.labels(method, route)
+        histogram.observe(seconds)
+
+
+class RequestTelemetry:
+    def __init__(self, app: ASGIApp, *, count: bool = True) -> None:
+        self.app = app
+        self.count = count
+        self._observed = _Observed()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw = None
+        for name, value in scope["headers"]:
+            if name == _REQUEST_ID_KEY:
+                raw = value
+                break
+        request_id = accepted_or_new(raw)
+        # Reset afterwards: a server runs each request in a context of its own, but an
+        # in-process client (tests, a mounting application) runs them all in one.
+        id_token = current_request_id.set(request_id)
+        protocol_token = metrics.current_protocol.set(metrics.DEFAULT_PROTOCOL)
+        try:
+            await self._serve(scope, receive, send, (_REQUEST_ID_KEY, request_id.encode()))
+        finally:
+            metrics.current_protocol.reset(protocol_token)
+            current_request_id.reset(id_token)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, header: tuple[bytes, bytes]) -> None:
+        if not self.count:
+
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", ()), header]
+                await send(message)
+
+            await self.app(scope, receive, send_with_id)
+            return
+
+        started = time.perf_counter()
+        status = 0
+        bytes_received = metrics.BYTES_RECEIVED
+        bytes_sent = metrics.BYTES_SENT
+
+        async def counting_receive() -> Message:
+            message = await receive()
+            body = message.get("body")
+            if body:
+                bytes_received.inc(len(body))
+            return message
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            else:
+                body = message.get("body")
+                if body:
+                    bytes_sent.inc(len(body))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        finally:
+            method = scope["method"]
+            self._observed.record(
+                method if method in _METHODS else "other",
+                route_template(scope),
+                status or CLIENT_GONE,
+                time.perf_counter() - started,
+            )

@@ -15,10 +15,11 @@ client library writes values to files there, and a scrape sums the live processe
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
@@ -31,6 +32,17 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # a series per count
 # set theirs; tus is the default (its fast path sets nothing).
 DEFAULT_PROTOCOL = "tus"
 current_protocol: ContextVar[str] = ContextVar("protocol", default=DEFAULT_PROTOCOL)
+
+
+@contextlib.contextmanager
+def counted_as(protocol: str) -> Iterator[None]:
+    """Uploads created or finished in this block count under ``protocol``."""
+    token = current_protocol.set(protocol)
+    try:
+        yield
+    finally:
+        current_protocol.reset(token)
+
 
 # Seconds: from a tus HEAD (a millisecond) to a PATCH of a large file (half an hour).
 _REQUEST_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)

@@ -20,6 +20,7 @@ _REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"  # the route label of a request no route took (a 404)
 CLIENT_GONE = 499  # the status label of a request whose client left before any answer
+FLUSH_BYTES = 1024 * 1024
 
 
 def route_template(scope: Scope) -> str:
@@ -66,57 +67,54 @@ class RequestTelemetry:
                 raw = value
                 break
         request_id = accepted_or_new(raw)
+        header = (_REQUEST_ID_KEY, request_id.encode())
         # Reset afterwards: a server runs each request in a context of its own, but an
         # in-process client (tests, a mounting application) runs them all in one.
         id_token = current_request_id.set(request_id)
-        protocol_token = metrics.current_protocol.set(metrics.DEFAULT_PROTOCOL)
-        try:
-            await self._serve(scope, receive, send, (_REQUEST_ID_KEY, request_id.encode()))
-        finally:
-            metrics.current_protocol.reset(protocol_token)
-            current_request_id.reset(id_token)
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, header: tuple[bytes, bytes]) -> None:
-        if not self.count:
-
-            async def send_with_id(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    message["headers"] = [*message.get("headers", ()), header]
-                await send(message)
-
-            await self.app(scope, receive, send_with_id)
-            return
-
         started = time.perf_counter()
         status = 0
-        bytes_received = metrics.BYTES_RECEIVED
-        bytes_sent = metrics.BYTES_SENT
+        # Bytes are added to the counters a MiB at a time and at the end, not per message.
+        received = sent = 0
 
         async def counting_receive() -> Message:
+            nonlocal received
             message = await receive()
             body = message.get("body")
             if body:
-                bytes_received.inc(len(body))
+                received += len(body)
+                if received >= FLUSH_BYTES:
+                    metrics.BYTES_RECEIVED.inc(received)
+                    received = 0
             return message
 
         async def counting_send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), header]
             else:
                 body = message.get("body")
                 if body:
-                    bytes_sent.inc(len(body))
+                    sent += len(body)
+                    if sent >= FLUSH_BYTES:
+                        metrics.BYTES_SENT.inc(sent)
+                        sent = 0
             await send(message)
 
+        count = self.count
         try:
-            await self.app(scope, counting_receive, counting_send)
+            await self.app(scope, counting_receive if count else receive, counting_send)
         finally:
-            method = scope["method"]
-            self._observed.record(
-                method if method in _METHODS else "other",
-                route_template(scope),
-                status or CLIENT_GONE,
-                time.perf_counter() - started,
-            )
+            current_request_id.reset(id_token)
+            if count:
+                if received:
+                    metrics.BYTES_RECEIVED.inc(received)
+                if sent:
+                    metrics.BYTES_SENT.inc(sent)
+                method = scope["method"]
+                self._observed.record(
+                    method if method in _METHODS else "other",
+                    route_template(scope),
+                    status or CLIENT_GONE,
+                    time.perf_counter() - started,
+                )

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from uploader.auth.principal import Principal
 from uploader.db.models import Upload
 from uploader.kit.errors import ProblemError
-from uploader.observability.metrics import current_protocol
+from uploader.observability.metrics import counted_as
 from uploader.protocols.tus_headers import parse_metadata
 from uploader.uploads.body import RequestBody, empty_body, has_body
 from uploader.uploads.dependencies import checked_upload_id, service_of
@@ -109,7 +109,11 @@ def _metadata(request: Request) -> dict[str, str | None]:
 
 
 async def create(request: Request, principal: Principal, version: str, location: str) -> Response:
-    current_protocol.set("ietf")
+    with counted_as("ietf"):
+        return await _create(request, principal, version, location)
+
+
+async def _create(request: Request, principal: Principal, version: str, location: str) -> Response:
     service = service_of(request)
     complete = _complete(request, required=True)
     content_length = _integer(request, "content-length")
@@ -141,7 +145,11 @@ async def head(request: Request, principal: Principal, version: str, upload_id: 
 
 
 async def append(request: Request, principal: Principal, version: str, upload_id: str) -> Response:
-    current_protocol.set("ietf")
+    with counted_as("ietf"):
+        return await _append(request, principal, version, upload_id)
+
+
+async def _append(request: Request, principal: Principal, version: str, upload_id: str) -> Response:
     service = service_of(request)
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != PARTIAL_UPLOAD:

@@ -339,7 +339,6 @@ class LocalStore:
             raise ValueError(f"invalid storage key {key!r}")
         return self.root / key[:2] / key
 
-    @metrics.timed_storage("local", "create")
     async def create(self, key: str, length: int | None) -> LocalUpload:
         # The file appears with the first write; an upload that never gets bytes costs nothing.
         return LocalUpload(key, self._path(key), self.checkpoint_bytes)

@@ -8,7 +8,6 @@ in storage, and advances during a long write too (checkpoints).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -233,7 +232,7 @@ class UploadService(Concatenation, Removal):
         declared_length: int | None = None,
         checksum: Checksum | None = None,
     ) -> Upload:
-        async with self._locked(upload_id) as holder, _in_flight():
+        async with self._locked(upload_id) as holder:
             upload = await self._for_writing(owner, upload_id, holder)
             was_complete = upload.is_complete
             try:
@@ -259,9 +258,11 @@ class UploadService(Concatenation, Removal):
                     body.hasher = checksum.hasher if checksum else None
                     holder.on_interrupt(body.interrupt)
                     body.watch_idle(self.settings.body_idle_timeout_seconds)
+                    metrics.PATCHES_IN_FLIGHT.inc()
                     try:
                         await self._write(upload, offset, body, checksum, holder)
                     finally:
+                        metrics.PATCHES_IN_FLIGHT.dec()
                         body.stop_watching()
             finally:
                 await self._end_claim(upload, holder.generation)
@@ -368,7 +369,7 @@ class UploadService(Concatenation, Removal):
 
     async def complete_at_offset(self, owner: str, upload_id: str) -> Upload:
         """The client says every byte has been sent: the upload's length is its offset now."""
-        async with self._locked(upload_id) as holder, _in_flight():
+        async with self._locked(upload_id) as holder:
             upload = await self._for_writing(owner, upload_id, holder)
             was_complete = upload.is_complete
             try:
@@ -427,13 +428,3 @@ class UploadService(Concatenation, Removal):
         await self._publish(upload, "upload.reprocessing")
         await self.processor.submit(upload)
         return upload
-
-
-@contextlib.asynccontextmanager
-async def _in_flight() -> AsyncIterator[None]:
-    """Counts an append in ``uploader_patches_in_flight`` while it holds its lock."""
-    metrics.PATCHES_IN_FLIGHT.inc()
-    try:
-        yield
-    finally:
-        metrics.PATCHES_IN_FLIGHT.dec()

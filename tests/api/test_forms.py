@@ -145,3 +145,18 @@ async def test_a_file_over_the_size_limit_is_refused_mid_stream(settings: Settin
         assert response.json()["code"] == "upload.too_large"
         assert (await client.get("/api/v1/uploads")).json()["items"] == []
     assert stored_objects(limited) == []
+
+
+async def test_names_and_file_names_beyond_latin1_are_kept_as_sent(app_client: httpx.AsyncClient) -> None:
+    # Browsers send a part's name and file name as raw UTF-8 in Content-Disposition.
+    data = os.urandom(1000)
+    body = raw_form(
+        file_part("pièce ☃", "résumé \U0001f4c4.txt", data, "text/plain"),
+        field_part("\U000f1e8c-album", "Été"),
+    )
+    response = await post_raw(app_client, body)
+    assert response.status_code == 201, response.text
+    (created,) = response.json()["uploads"]
+    assert created["filename"] == "résumé \U0001f4c4.txt"
+    assert created["metadata"]["\U000f1e8c-album"] == "Été"
+    assert (await app_client.get(f"/api/v1/uploads/{created['id']}/content")).content == data

@@ -30,6 +30,11 @@ class Part:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def _utf8(value: str) -> str:
+    """A header value kept as latin-1 text, read as the UTF-8 it was sent as."""
+    return value.encode("latin-1").decode("utf-8", "replace")
+
+
 def boundary_of(content_type: str | None) -> bytes:
     if not content_type:
         raise ProblemError("form.invalid", "Content-Type multipart/form-data is required")
@@ -89,7 +94,9 @@ class FormReader:
 
     def _header_end(self) -> None:
         name = bytes(self._header_name).decode("latin-1").strip().lower()
-        self._headers[name] = bytes(self._header_value).decode("utf-8", "replace").strip()
+        # Latin-1 keeps every byte as sent; browsers send names and file names as raw
+        # UTF-8, which is decoded once the header is parsed.
+        self._headers[name] = bytes(self._header_value).decode("latin-1").strip()
         self._header_name.clear()
         self._header_value.clear()
 
@@ -101,8 +108,8 @@ class FormReader:
         part = Part(
             name=options[b"name"].decode("utf-8", "replace"),
             filename=filename.decode("utf-8", "replace") if filename is not None else None,
-            content_type=self._headers.get("content-type"),
-            headers=self._headers,
+            content_type=_utf8(self._headers["content-type"]) if "content-type" in self._headers else None,
+            headers={name: _utf8(value) for name, value in self._headers.items()},
         )
         self._events.append(("part", part))
 

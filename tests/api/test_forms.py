@@ -160,3 +160,22 @@ async def test_names_and_file_names_beyond_latin1_are_kept_as_sent(app_client: h
     assert created["filename"] == "résumé \U0001f4c4.txt"
     assert created["metadata"]["\U000f1e8c-album"] == "Été"
     assert (await app_client.get(f"/api/v1/uploads/{created['id']}/content")).content == data
+
+
+async def test_a_form_upload_with_names_a_tus_header_cannot_carry_still_answers_head(
+    app_client: httpx.AsyncClient,
+) -> None:
+    body = raw_form(
+        file_part("file", "a.txt", b"abc", "text/plain"),
+        field_part("\U000973de key", "x"),
+        field_part("album", "Été"),
+    )
+    response = await post_raw(app_client, body)
+    assert response.status_code == 201, response.text
+    (created,) = response.json()["uploads"]
+    head = await app_client.head(f"/files/{created['id']}", headers={"Tus-Resumable": "1.0.0"})
+    assert head.status_code == 200
+    # Keys a tus header cannot carry (not ASCII, with spaces) stay in the status document only.
+    carried = dict(pair.partition(" ")[::2] for pair in head.headers["upload-metadata"].split(","))
+    assert set(carried) == {"album", "filename", "filetype"}
+    assert created["metadata"]["\U000973de key"] == "x"

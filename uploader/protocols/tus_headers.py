@@ -58,7 +58,11 @@ def parse_metadata(value: str | None) -> dict[str, str | None]:
 
 
 def encode_metadata(meta: dict[str, str | None]) -> str:
-    return ",".join(key if value is None else f"{key} {value}" for key, value in meta.items())
+    """``Upload-Metadata`` of ``meta``. Keys a tus header cannot carry (a form's field
+    names may be any text) are left out: the status document has them all."""
+    return ",".join(
+        key if value is None else f"{key} {value}" for key, value in meta.items() if _METADATA_KEY.match(key)
+    )
 
 
 def parse_checksum(value: str | None) -> Checksum | None:

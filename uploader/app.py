@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
-from uploader import __version__
+from uploader import __version__, openapi
 from uploader.auth.dependencies import Authenticator
 from uploader.downloads.router import router as downloads_router
 from uploader.events.router import router as events_router
@@ -145,11 +145,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Resumable uploads (tus 1.0) with streaming storage, status and downloads.",
         lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.settings = settings
     app.state.tus_path = settings.tus_path
     app.state.scraped = ScrapedValues()
     install_error_handlers(app)
+    openapi.install(app, settings.tus_path)
     tus_router = build_tus_router(settings.tus_path)
     app.include_router(tus_router)
     app.include_router(uploads_router)

@@ -77,8 +77,8 @@ def build_tus_router(tus_path: str) -> APIRouter:
     def location_of(request: Request, upload: Upload) -> str:
         return location_of_id(request) + upload.id
 
-    @router.options(collection, status_code=204)
-    @router.options(resource, status_code=204)
+    @router.options(collection, status_code=204, operation_id="discover_tus")
+    @router.options(resource, status_code=204, operation_id="discover_tus_upload")
     async def discover(request: Request) -> Response:
         """Server capabilities: version, extensions, maximum size, checksum algorithms."""
         return Response(

@@ -18,6 +18,7 @@ from uploader.health.router import router as health_router
 from uploader.kit.errors import install_error_handlers
 from uploader.kit.logging import get_logger
 from uploader.kit.method_override import MethodOverrideMiddleware
+from uploader.observability import tracing
 from uploader.observability.middleware import RequestTelemetry
 from uploader.observability.request_ids import REQUEST_ID_HEADER
 from uploader.observability.router import ScrapedValues
@@ -88,7 +89,8 @@ class UploaderApp(FastAPI):
     the server error handler's 500s."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestTelemetry(super().build_middleware_stack(), count=self.state.settings.metrics)
+        counted = RequestTelemetry(super().build_middleware_stack(), count=self.state.settings.metrics)
+        return tracing.server_middleware(counted)  # the request's span holds everything
 
 
 async def _cleanup_loop(service: UploadService, interval: float) -> None:
@@ -106,6 +108,7 @@ async def _cleanup_loop(service: UploadService, interval: float) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    tracing.configure("api")  # before any database engine is made
     rates = RateLimits(settings)
 
     @contextlib.asynccontextmanager
@@ -139,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await cleanup
             await runtime.close()
+            tracing.flush()
 
     app = UploaderApp(
         title="uploader",
@@ -146,6 +150,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Resumable uploads (tus 1.0) with streaming storage, status and downloads.",
         lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,
+        # Tracing is ours (observability/tracing.py): FastAPI's own would look for
+        # providers on every request, and could not name the tus fast path's spans.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.tus_path = settings.tus_path

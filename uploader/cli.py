@@ -120,6 +120,11 @@ def _worker(settings: Settings, concurrency: int | None, pool: str, metrics_port
         token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
         metrics_server.serve_metrics(settings.host, metrics_port, token)
         log.info("worker.metrics", url=f"http://{settings.host}:{metrics_port}/metrics")
+    from uploader.observability import tracing
+
+    # In the main process, before the pool forks: its processes inherit the instrumentation
+    # and the span exporter (which restarts its thread in each child).
+    tracing.configure("worker")
     from workers.tasks import build_worker_app
 
     app = build_worker_app(settings)

@@ -18,7 +18,7 @@ from celery.signals import task_failure, task_retry, task_success, worker_proces
 
 from uploader.db.models import UploadState, utcnow
 from uploader.kit.logging import get_logger
-from uploader.observability import metrics, metrics_server
+from uploader.observability import metrics, metrics_server, tracing
 from uploader.observability.request_ids import TASK_REQUEST_ID, current_request_id, sane_or_none
 from uploader.processing.pipeline import TRANSIENT_ERRORS
 from uploader.runtime import Runtime
@@ -63,6 +63,7 @@ class WorkerContext:
 def _close_context(pid: int | None = None, **_: Any) -> None:
     WorkerContext.close_current()
     metrics_server.process_ended(pid or os.getpid())
+    tracing.flush()
 
 
 @task_success.connect  # type: ignore[untyped-decorator]

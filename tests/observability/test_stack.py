@@ -1,6 +1,6 @@
 """The full stack as an operator runs it: the API and a Celery worker on PostgreSQL,
-Redis and S3 (moto), the worker serving its metrics, a webhook receiver, and Debian's
-Prometheus scraping both with the shipped rules."""
+Redis and S3 (moto), the worker serving its metrics, both tracing to an OTLP receiver, a
+webhook receiver, and Debian's Prometheus scraping both with the shipped rules."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from tests.conftest import IN_CI, fresh_postgres_database
 from tests.e2e.test_workers import redis_env_context
 from tests.observability.metrics import scrape_url
+from tests.observability.otlp import OtlpReceiver
 from tests.support import (
     PATCH_HEADERS,
     REPO,
@@ -48,6 +49,7 @@ class Stack:
     worker: WorkerProcess
     worker_metrics_url: str
     webhooks: WebhookReceiver
+    traces: OtlpReceiver
 
     def upload(self, data: bytes, *request_ids: str) -> str:
         """A tus upload in as many PATCHes as ``request_ids`` (the creation has none of
@@ -86,6 +88,7 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str, redis_url: str) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("operated")
     receiver = WebhookReceiver()
+    traces = OtlpReceiver()
     with fresh_postgres_database() as database_url, redis_env_context(redis_url) as redis_settings:
         env = {
             **s3_celery_env(database_url, redis_settings, s3_endpoint, secrets.token_hex(6)),
@@ -94,17 +97,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str, redis_url:
             "UPLOADER_LOG_LEVEL": "info",
             # Every upload is hashed by the worker, none ready from the API at once.
             "UPLOADER_INLINE_DIGEST_MAX_BYTES": "0",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": traces.url,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",  # ms: spans leave at once
         }
         api = start_server(root / "api", **env)
         worker = WorkerProcess(root / "worker.log", {**os.environ, **api.env})
         metrics_port = free_port()
         try:
             worker.start(2, f"--metrics-port={metrics_port}")
-            yield Stack(api, worker, f"http://127.0.0.1:{metrics_port}", receiver)
+            yield Stack(api, worker, f"http://127.0.0.1:{metrics_port}", receiver, traces)
         finally:
             worker.stop()
             api.stop()
             receiver.close()
+            traces.close()
 
 
 def _log_lines(text: str) -> list[dict[str, Any]]:
@@ -273,3 +279,81 @@ def test_the_shipped_prometheus_files_pass_promtool() -> None:
     ):
         checked = subprocess.run([promtool, *command], cwd=PROMETHEUS_DIR, capture_output=True, text=True)
         assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_one_upload_is_one_trace_from_the_request_to_the_worker_steps_and_the_webhook(stack: Stack) -> None:
+    data = os.urandom(200_000)
+    request_id = f"traced-{secrets.token_hex(4)}"
+    # One request makes the whole upload (tus creation with upload).
+    created = httpx.post(
+        stack.api.tus_url,
+        content=data,
+        headers={
+            **TUS,
+            "Upload-Length": str(len(data)),
+            "Content-Type": "application/offset+octet-stream",
+            "X-Request-ID": request_id,
+        },
+        timeout=60,
+    )
+    assert created.status_code == 201, created.text
+    upload_id = created.headers["Location"].rsplit("/", 1)[1]
+    assert stack.settled(upload_id)["state"] == "ready"
+    deadline = time.monotonic() + 30
+    while not (server_spans := stack.traces.tagged("uploader.request_id", request_id)):
+        assert time.monotonic() < deadline, "the request's span never arrived"
+        time.sleep(0.1)
+    assert len(server_spans) == 1, server_spans
+    (request,) = server_spans
+    assert request.name == "POST /files/"
+    assert request.service == "uploader-api"
+    spans = stack.traces.wait_for(
+        request.trace_id,
+        {
+            "storage.create",
+            "storage.write",
+            "storage.finish",
+            "S3.UploadPart",
+            "run/uploader.process_upload",
+            "processing.sniff",
+            "processing.sha256",
+            "processing.variants",
+        },
+    )
+    services = {span.name: span.service for span in spans}
+    assert services["storage.write"] == "uploader-api"
+    assert services["run/uploader.process_upload"] == "uploader-worker"
+    assert services["processing.sha256"] == "uploader-worker"
+    # Database statements and Redis commands of both processes are in it too.
+    assert {s.service for s in spans if "db.system" in s.attributes or "db.system.name" in s.attributes} == {
+        "uploader-api",
+        "uploader-worker",
+    }
+    # Every span descends from the request's: one tree.
+    by_id = {span.span_id: span for span in spans}
+    for span in spans:
+        ancestor = span
+        while ancestor.parent_id and ancestor.parent_id in by_id:
+            ancestor = by_id[ancestor.parent_id]
+        assert ancestor == request, (span.name, ancestor.name)
+    # The webhooks the upload caused carry the trace, and the log lines name it.
+    assert stack.webhooks.wait_for({"upload.received", "upload.ready"})
+    carried = {
+        headers["traceparent"].split("-")[1]
+        for headers, body in stack.webhooks.received
+        if json.loads(body)["upload_id"] == upload_id
+    }
+    assert carried == {request.trace_id}
+    received_line = next(
+        line
+        for line in _log_lines(stack.api.log())
+        if line.get("upload_id") == upload_id and line["event"] == "upload.received"
+    )
+    assert received_line["trace_id"] == request.trace_id
+    assert received_line["request_id"] == request_id
+    worker_line = next(
+        line
+        for line in _log_lines(stack.worker.log())
+        if line.get("upload_id") == upload_id and line["event"] == "processing.ready"
+    )
+    assert worker_line["trace_id"] == request.trace_id

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from uploader.db.models import utcnow
 from uploader.settings import Settings
 from uploader.webhooks.delivery import DeliveryFailed, deliver
 from uploader.webhooks.http_client import ReceiverError, WebhookClient
+from uploader.webhooks.outbox import Delivery
 
 HEADERS = b"X-Uploader-Event: upload.ready\r\n"
 
@@ -153,16 +155,19 @@ async def test_a_receiver_that_does_not_answer_in_time_fails_the_delivery_and_it
         webhook_secret="s" * 40,
         webhook_timeout_seconds=0.3,
     )
-    payload = {"id": "whd_1", "type": "upload.ready", "upload_id": "u1", "data": {}}
+    now = utcnow()
+    delivery = Delivery(
+        1, "whd_1", "u1", "anonymous", "upload.ready", {}, now, "pending", 0, now, None, None, None, None
+    )
     async with server:
         client = WebhookClient(f"http://127.0.0.1:{port}/hooks")
         started = asyncio.get_running_loop().time()
         with pytest.raises(DeliveryFailed, match=r"no answer within 0\.3 s"):
             async with asyncio.timeout(5):  # a delivery that waited on would fail here instead
-                await deliver(settings, payload, client)
+                await deliver(settings, delivery, client)
         assert 0.25 < asyncio.get_running_loop().time() - started < 2
         # The silent connection is not kept: the next delivery gets a fresh one, and an answer.
-        await deliver(settings, payload, client)
+        await deliver(settings, delivery, client)
         client.close()
         for writer in silent:
             writer.close()

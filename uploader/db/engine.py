@@ -17,8 +17,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import sqlalchemy.exc
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+import sqlalchemy.ext.asyncio
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from uploader.kit.errors import DependencyUnavailable
 from uploader.storage.base import StorageFull
@@ -83,7 +84,8 @@ class Database:
         self._sqlite_connection: Connection | None = None
         self._sqlite_lock = threading.Lock()  # callers on other threads (tests, tools) wait
         if url.startswith("sqlite"):
-            self._sqlite = create_engine(
+            # Through the module attributes: tracing's instrumentation wraps them.
+            self._sqlite = sqlalchemy.create_engine(
                 sync_sqlite_url(url),
                 pool_size=1,
                 max_overflow=0,
@@ -94,7 +96,7 @@ class Database:
         else:
             # Pre-ping: a connection that died with its server (a restart, terminated
             # backends) is replaced at checkout instead of failing the next request.
-            self._async = create_async_engine(
+            self._async = sqlalchemy.ext.asyncio.create_async_engine(
                 url,
                 pool_size=10,
                 max_overflow=20,

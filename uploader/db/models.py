@@ -181,6 +181,7 @@ webhook_outbox = Table(
     Column("last_error", Text, nullable=True),
     Column("delivered_at", UTCDateTime(), nullable=True),
     Column("request_id", String(128), nullable=True),  # of the request that caused it (0007)
+    Column("traceparent", String(64), nullable=True),  # its trace, when traced (0008)
     Index("ix_webhook_outbox_status_next_attempt_at", "status", "next_attempt_at"),
     Index("ix_webhook_outbox_upload_id_seq", "upload_id", "seq"),
 )

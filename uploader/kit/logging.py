@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from uploader.observability import tracing
 from uploader.observability.request_ids import current_request_id
 
 # Credentials never reach a log line: a token in a query string (an access log's path),
@@ -45,6 +46,9 @@ def _add_request_id(_logger: Any, _method: str, event_dict: dict[str, Any]) -> d
     request_id = current_request_id.get()
     if request_id is not None:
         event_dict.setdefault("request_id", request_id)
+    if tracing.tracer is not None and (ids := tracing.log_ids()) is not None:
+        event_dict.setdefault("trace_id", ids[0])
+        event_dict.setdefault("span_id", ids[1])
     return event_dict
 
 

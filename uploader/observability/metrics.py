@@ -26,6 +26,8 @@ from typing import Any, ParamSpec, TypeVar
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from uploader.observability import tracing
+
 disable_created_metrics()  # type: ignore[no-untyped-call]  # a series per counter that no dashboard reads
 
 # The protocol of the request at hand, for the upload counters: each protocol's handlers
@@ -215,8 +217,10 @@ T = TypeVar("T")
 def timed_storage(
     backend: str, operation: str
 ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Coroutine[Any, Any, T]]]:
-    """Times a storage backend's coroutine method into ``uploader_storage_operation_*``."""
+    """Times a storage backend's coroutine method into ``uploader_storage_operation_*``, in
+    a span of its own when tracing is on."""
     duration = STORAGE_DURATION.labels(backend, operation)
+    span_name = f"storage.{operation}"
     errors = STORAGE_ERRORS.labels(backend, operation)
 
     def decorate(function: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -224,7 +228,10 @@ def timed_storage(
         async def timed(*args: P.args, **kwargs: P.kwargs) -> T:
             started = time.perf_counter()
             try:
-                return await function(*args, **kwargs)
+                if tracing.tracer is None:
+                    return await function(*args, **kwargs)
+                with tracing.span(span_name, **{"uploader.storage.backend": backend}):
+                    return await function(*args, **kwargs)
             except Exception:
                 errors.inc()
                 raise

@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from uploader.observability import metrics
+from uploader.observability import metrics, tracing
 from uploader.observability.request_ids import REQUEST_ID_HEADER, accepted_or_new, current_request_id
 
 _REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
@@ -92,6 +92,8 @@ class RequestTelemetry:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), header]
+                if tracing.tracer is not None:  # now, while the request's span is open
+                    tracing.name_server_span(scope["method"], route_template(scope), request_id)
             else:
                 body = message.get("body")
                 if body:

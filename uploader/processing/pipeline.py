@@ -27,7 +27,7 @@ from uploader.db.engine import Database
 from uploader.db.models import Upload, UploadState, utcnow
 from uploader.events.bus import EventBus
 from uploader.kit.logging import get_logger
-from uploader.observability import metrics
+from uploader.observability import metrics, tracing
 from uploader.settings import Settings
 from uploader.storage.base import StorageUnavailable, TerminatableUpload, UploadStore
 from uploader.uploads import repository
@@ -196,7 +196,8 @@ class Pipeline:
         await self._publish(upload, "processing.step_started", step=step)
         begun = time.monotonic()
         try:
-            result = await self.steps[step](upload)
+            with tracing.span(f"processing.{step}", **{"uploader.upload_id": upload.id}):
+                result = await self.steps[step](upload)
         except StepFailed:
             metrics.STEPS.labels(step, "failed").inc()
             raise

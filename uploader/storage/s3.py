@@ -34,7 +34,7 @@ from aiohttp.abc import AbstractStreamWriter
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from uploader.observability import metrics
+from uploader.observability import metrics, tracing
 from uploader.storage.base import (
     AlreadyFinished,
     Checkpoint,
@@ -76,15 +76,19 @@ async def _s3(call: Awaitable[T]) -> T:
 
 
 def _request_started(model: Any, context: dict[str, Any], **_: Any) -> None:
-    context["uploader_call"] = (model.name, time.perf_counter())
+    span = tracing.start_span(f"S3.{model.name}", **{"rpc.system": "aws-api", "rpc.method": model.name})
+    context["uploader_call"] = (model.name, time.perf_counter(), span)
 
 
 def _request_ended(context: dict[str, Any], **_: Any) -> None:
-    """Every call the client makes, its retries included, by API operation."""
+    """Every call the client makes, its retries included, by API operation (and in a span
+    of its own when tracing is on)."""
     call = context.pop("uploader_call", None)
     if call is not None:
-        operation, started = call
+        operation, started, span = call
         metrics.S3_REQUEST_DURATION.labels(operation).observe(time.perf_counter() - started)
+        if span is not None:
+            span.end()
 
 
 def _is_missing(exc: BaseException) -> bool:

@@ -44,13 +44,13 @@ class DeliveryFailed(Exception):
     """The receiver did not take the delivery; worth trying again later."""
 
 
-async def deliver(
-    settings: Settings, payload: dict[str, Any], client: WebhookClient, request_id: str | None = None
-) -> None:
+async def deliver(settings: Settings, delivery: outbox.Delivery, client: WebhookClient) -> None:
     """POST one signed delivery (a fresh timestamp on every attempt); raise ``DeliveryFailed``.
-    ``request_id``: of the request that caused the event (ours, checked when accepted)."""
+    It carries the id of the request that caused the event (ours, checked when accepted) and,
+    when that request was traced, its ``traceparent``."""
     if not settings.webhook_url or not settings.webhook_secret:
         raise DeliveryFailed("webhooks are not configured")
+    payload = delivery.payload()
     body = json.dumps(payload, separators=(",", ":")).encode()
     timestamp = int(time.time())
     # Rendered at once: ids and types are ours (hex and dotted names), never a client's.
@@ -59,7 +59,8 @@ async def deliver(
         f"{EVENT_HEADER}: {payload['type']}\r\n{DELIVERY_HEADER}: {payload['id']}\r\n"
         f"{TIMESTAMP_HEADER}: {timestamp}\r\n"
         f"{SIGNATURE_HEADER}: {signature(settings.webhook_secret, timestamp, body)}\r\n"
-        + (f"{REQUEST_ID_HEADER}: {request_id}\r\n" if request_id else "")
+        + (f"{REQUEST_ID_HEADER}: {delivery.request_id}\r\n" if delivery.request_id else "")
+        + (f"traceparent: {delivery.traceparent}\r\n" if delivery.traceparent else "")
     ).encode()
     if not settings.webhook_allow_private:
         refused = await refused_address(settings.webhook_url)
@@ -139,7 +140,7 @@ class OutboxDispatcher:
         assert self._client is not None
         started = time.perf_counter()
         try:
-            await deliver(self.settings, delivery.payload(), self._client, delivery.request_id)
+            await deliver(self.settings, delivery, self._client)
         except DeliveryFailed as exc:
             attempt = delivery.attempts + 1
             dead = attempt >= self.settings.webhook_max_attempts

@@ -24,6 +24,7 @@ from sqlalchemy import insert as sql_insert
 
 from uploader.db.driver import DriverStatement
 from uploader.db.models import ConcatRole, Upload, utcnow, webhook_outbox
+from uploader.observability import tracing
 from uploader.observability.request_ids import current_request_id
 
 WEBHOOK_EVENTS = frozenset({"upload.received", "upload.ready", "upload.failed"})
@@ -42,6 +43,7 @@ _INSERTED = (
     "attempts",
     "next_attempt_at",
     "request_id",
+    "traceparent",
 )
 _INSERT = DriverStatement(sql_insert(webhook_outbox), {name: _c[name] for name in _INSERTED})
 
@@ -72,6 +74,7 @@ def record(connection: Connection, upload: Upload, events: list[tuple[str, dict[
         return
     now = utcnow()
     request_id = current_request_id.get()
+    traceparent = tracing.current_traceparent()
     rows = [
         {
             "id": new_delivery_id(),
@@ -84,6 +87,7 @@ def record(connection: Connection, upload: Upload, events: list[tuple[str, dict[
             "attempts": 0,
             "next_attempt_at": now,
             "request_id": request_id,
+            "traceparent": traceparent,
         }
         for event_type, data in events
         if event_type in WEBHOOK_EVENTS
@@ -107,6 +111,7 @@ class Delivery:
     last_error: str | None
     delivered_at: datetime | None
     request_id: str | None  # of the request that caused the event, sent as X-Request-ID
+    traceparent: str | None  # the trace it belongs to, when traced, sent as traceparent
 
     def payload(self) -> dict[str, Any]:
         """The body POSTed to the receiver: the same on every attempt."""
@@ -149,6 +154,7 @@ _FIELDS = (
     _c.last_error,
     _c.delivered_at,
     _c.request_id,
+    _c.traceparent,
 )
 
 

@@ -85,12 +85,11 @@ EXPOSED_HEADERS = [
 
 
 class UploaderApp(FastAPI):
-    """The application, with request ids and request metrics around everything, even
-    the server error handler's 500s."""
+    """The application, with request ids, request metrics and the request's span around
+    everything, even the server error handler's 500s."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        counted = RequestTelemetry(super().build_middleware_stack(), count=self.state.settings.metrics)
-        return tracing.server_middleware(counted)  # the request's span holds everything
+        return RequestTelemetry(super().build_middleware_stack(), count=self.state.settings.metrics)
 
 
 async def _cleanup_loop(service: UploadService, interval: float) -> None:

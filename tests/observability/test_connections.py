@@ -143,3 +143,59 @@ def test_sigterm_makes_readyz_fail_at_once_while_in_flight_patches_drain(tmp_pat
         assert_invariant(Settings(data_dir=server.data_dir), {url.rsplit("/", 1)[1]: [data]}, server.url)
     finally:
         server.stop()
+
+
+def test_timed_out_headers_and_bodies_are_counted(tmp_path: Path) -> None:
+    server = start_server(
+        tmp_path / "server", UPLOADER_HEADER_TIMEOUT_SECONDS="1", UPLOADER_BODY_IDLE_TIMEOUT_SECONDS="1"
+    )
+    try:
+        with _connect(server) as sock:  # headers that never end
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            assert _closed_after_answer(sock).startswith(b"HTTP/1.1 408")
+        url = create(server.tus_url, 1000)
+        with _connect(server) as sock:  # a body that stops arriving
+            path = url.removeprefix(server.url)
+            sock.sendall(
+                f"PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
+                "Content-Type: application/offset+octet-stream\r\nContent-Length: 1000\r\n\r\n".encode()
+                + b"x" * 100
+            )
+            assert _closed_after_answer(sock).startswith(b"HTTP/1.1 408")
+        scraped = Scrape(httpx.get(f"{server.url}/metrics").text)
+        assert scraped.value("uploader_request_timeouts_total", phase="header") == 1
+        assert scraped.value("uploader_request_timeouts_total", phase="body") == 1
+        assert head_offset(url) == 100
+    finally:
+        server.stop()
+
+
+def _closed_after_answer(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_a_scrape_answers_while_uploads_flood_the_server(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "server")
+    data = os.urandom(4 * MiB)
+    try:
+        urls = [create(server.tus_url, len(data)) for _ in range(24)]
+        patches = [TricklingPatch(url, data, rate=2 * MiB) for url in urls]  # 2 s each
+        time.sleep(0.5)
+        scrapes, in_flight = [], []
+        for _ in range(5):
+            started = time.monotonic()
+            answer = httpx.get(f"{server.url}/metrics", timeout=5)
+            scrapes.append(time.monotonic() - started)
+            assert answer.status_code == 200
+            in_flight.append(Scrape(answer.text).value("uploader_patches_in_flight"))
+            time.sleep(0.05)
+        assert max(scrapes) < 2, scrapes
+        assert max(in_flight) >= 12, in_flight
+        for patch in patches:
+            assert patch.wait(60) == 204, patch.error
+    finally:
+        server.stop()

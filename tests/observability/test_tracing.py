@@ -85,4 +85,4 @@ def test_on_the_sdk_and_the_instrumentation_are_loaded(tmp_path: Path) -> None:
     # An endpoint nothing listens on: the spans are dropped, the request is not delayed.
     loaded = _loaded_after_serving(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
     modules = set(loaded["otel"])  # type: ignore[call-overload]
-    assert {"opentelemetry.sdk.trace", "opentelemetry.instrumentation.asgi"} <= modules
+    assert {"opentelemetry.sdk.trace", "opentelemetry.instrumentation.sqlalchemy"} <= modules

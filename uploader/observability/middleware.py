@@ -72,6 +72,7 @@ class RequestTelemetry:
         # in-process client (tests, a mounting application) runs them all in one.
         id_token = current_request_id.set(request_id)
         started = time.perf_counter()
+        traced = tracing.RequestSpan(scope) if tracing.tracer is not None else None
         status = 0
         # Bytes are added to the counters a MiB at a time and at the end, not per message.
         received = sent = 0
@@ -92,8 +93,8 @@ class RequestTelemetry:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), header]
-                if tracing.tracer is not None:  # now, while the request's span is open
-                    tracing.name_server_span(scope["method"], route_template(scope), request_id)
+                if traced is not None:
+                    traced.answered(scope["method"], route_template(scope), status, request_id)
             else:
                 body = message.get("body")
                 if body:
@@ -107,6 +108,8 @@ class RequestTelemetry:
         try:
             await self.app(scope, counting_receive if count else receive, counting_send)
         finally:
+            if traced is not None:
+                traced.end(status)
             current_request_id.reset(id_token)
             if count:
                 if received:

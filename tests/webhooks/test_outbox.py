@@ -19,9 +19,11 @@ from sqlalchemy import select, update
 from tests.api.helpers import settled_status, upload_bytes, upload_id
 from tests.auth.tokens import SECRET, bearer, hs256
 from tests.images import jpeg
+from tests.observability.metrics import scrape_url
 from tests.support import (
     WebhookReceiver,
     assert_every_event_delivered,
+    free_port,
     in_process_client,
     metadata,
     uploader_command,
@@ -368,12 +370,21 @@ async def test_a_dispatcher_process_of_its_own_delivers_what_the_api_only_wrote(
             "UPLOADER_WEBHOOK_SECRET": "whsec",
             "UPLOADER_WEBHOOK_POLL_SECONDS": "0.1",
         }
+        metrics_port = free_port()
         dispatcher = await asyncio.create_subprocess_exec(
-            *uploader_command(), "webhooks", "deliver", env=env, stderr=subprocess.PIPE
+            *uploader_command(),
+            "webhooks",
+            "deliver",
+            f"--metrics-port={metrics_port}",
+            env=env,
+            stderr=subprocess.PIPE,
         )
         expected = {uid: ["upload.received", "upload.ready"] for uid in ids}
         try:
             await asyncio.to_thread(assert_every_event_delivered, receiver, expected)
+            # It serves its own metrics: the deliveries it made.
+            scraped = await asyncio.to_thread(scrape_url, f"http://127.0.0.1:{metrics_port}")
+            assert scraped.value("uploader_webhook_deliveries_total", outcome="delivered") == 6
         finally:
             dispatcher.terminate()
             _, errors = await asyncio.wait_for(dispatcher.communicate(), 30)

@@ -26,8 +26,11 @@ def add_commands(commands: Any) -> None:
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("id", nargs="?", help="a delivery's id (X-Uploader-Delivery)")
     which.add_argument("--all-failed", action="store_true", help="every dead-lettered delivery")
-    webhook_commands.add_parser(
+    deliver = webhook_commands.add_parser(
         "deliver", help="deliver from the outbox until stopped (UPLOADER_WEBHOOK_DISPATCHER=process)"
+    )
+    deliver.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics at http://UPLOADER_HOST:PORT/metrics"
     )
 
 
@@ -38,6 +41,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     upgrade_to_head(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
     if args.webhooks_command == "deliver":
+        if args.metrics_port is not None:
+            from uploader.observability import metrics_server
+
+            token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+            metrics_server.serve_metrics(settings.host, args.metrics_port, token)
         return _deliver(settings, db)
 
     async def main() -> int:

@@ -138,7 +138,8 @@ async def test_hook_calls_are_counted_by_event_and_outcome(settings: Settings) -
         )
         async with in_process_client(hooked) as client:
             before = await scrape(client)
-            accepted = await create(client, 3)
+            accepted = await create(client, 3, **{"X-Request-ID": "hooked-1"})
+            assert hooks.asked[-1].headers["X-Request-ID"] == "hooked-1"  # the hook sees the id
             hooks.answer("pre-create", body={"reject": {"status": 403, "message": "not today"}})
             refused = await client.post("/files/", headers={**TUS, "Upload-Length": "3"})
             assert refused.status_code == 403

@@ -72,6 +72,7 @@ class RequestTelemetry:
         # in-process client (tests, a mounting application) runs them all in one.
         id_token = current_request_id.set(request_id)
         started = time.perf_counter()
+        count = self.count
         traced = tracing.RequestSpan(scope) if tracing.tracer is not None else None
         status = 0
         # Bytes are added to the counters a MiB at a time and at the end, not per message.
@@ -95,7 +96,7 @@ class RequestTelemetry:
                 message["headers"] = [*message.get("headers", ()), header]
                 if traced is not None:
                     traced.answered(scope["method"], route_template(scope), status, request_id)
-            else:
+            elif count:
                 body = message.get("body")
                 if body:
                     sent += len(body)
@@ -104,7 +105,6 @@ class RequestTelemetry:
                         sent = 0
             await send(message)
 
-        count = self.count
         try:
             await self.app(scope, counting_receive if count else receive, counting_send)
         finally:

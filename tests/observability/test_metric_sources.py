@@ -14,7 +14,7 @@ from tests.api.helpers import create, patch, settled_status, upload_bytes, uploa
 from tests.hooks.conftest import serving_hooks
 from tests.images import jpeg
 from tests.observability.metrics import scrape
-from tests.support import TUS, WebhookReceiver, in_process_client, metadata
+from tests.support import TUS, WebhookReceiver, in_process_client, metadata, redis_env
 from uploader.observability.router import ScrapedValues
 from uploader.settings import Settings
 
@@ -191,3 +191,22 @@ async def test_webhook_deliveries_are_counted_by_outcome_and_carry_the_request_i
     assert after.value("uploader_webhook_outbox_events", status="delivered") == 2
     # Both events were caused by the request that sent the last byte.
     assert [headers["X-Request-ID"] for headers, _ in receiver.received] == ["finished-here"] * 2
+
+
+@pytest.mark.parametrize("backend", ["postgres+local"], indirect=True)
+async def test_the_celery_queue_depth_is_read_when_scraped(settings: Settings, redis_url: str) -> None:
+    # No worker runs: what completed uploads send waits in the queue.
+    for redis_settings in redis_env(redis_url):
+        queued = settings.model_copy(
+            update={
+                "processing": "celery",
+                "redis_url": redis_settings["UPLOADER_REDIS_URL"],
+                "redis_prefix": redis_settings["UPLOADER_REDIS_PREFIX"],
+                "inline_digest_max_bytes": 0,  # every upload goes to a worker
+            }
+        )
+        async with in_process_client(queued) as client:
+            for _ in range(3):
+                await upload_bytes(client, os.urandom(2000), chunk=2000)
+            scraped = await scrape(client)
+        assert scraped.value("uploader_queue_depth", queue=queued.task_queue) == 3

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.api.helpers import create, patch, settled_status, upload_id
 from tests.observability.metrics import scrape
 from tests.support import TUS, in_process_client
+from uploader.db.models import utcnow
 from uploader.settings import Settings
+from uploader.uploads import repository
 
 RESOURCE = "/files/{upload_id}"
 
@@ -152,3 +156,18 @@ async def test_uploads_by_state_are_read_from_the_database_when_scraped(
         "terminated",
         "expired",
     }
+
+
+@pytest.mark.parametrize("backend", ["sqlite+local"], indirect=True)
+async def test_expired_uploads_are_counted(app_client: httpx.AsyncClient) -> None:
+    service = app_client.app.state.uploads  # type: ignore[attr-defined]
+    paths = [await create(app_client, 10) for _ in range(2)]
+    before = await scrape(app_client)
+    past = utcnow() - timedelta(seconds=1)
+    for path in paths:
+        upload = await service.get("anonymous", upload_id(path))
+        await service.db.run(lambda s, u=upload: repository.set_fields(s, u, expires_at=past))
+    assert await service.expire_due() == 2
+    after = await scrape(app_client)
+    assert after.delta(before, "uploader_uploads_expired_total") == 2
+    assert after.delta(before, "uploader_uploads_terminated_total") == 0

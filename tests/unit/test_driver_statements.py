@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,7 +89,12 @@ def test_outbox_rows_written_many_at_once_store_what_sqlalchemy_stores(tmp_path:
         connection.execute(insert(webhook_outbox), reference)
     with engine.connect() as connection:
         stored = connection.execute(
-            text("SELECT id, data, created_at, next_attempt_at, status FROM webhook_outbox ORDER BY seq")
+            text("SELECT id, body, created_at, next_attempt_at, status FROM webhook_outbox ORDER BY seq")
         ).all()
     assert stored[0][1:] == stored[2][1:]  # the very same text in SQLite
     assert stored[0][0] != stored[1][0]  # each event its own delivery id
+    # The body each delivery will POST, rendered once.
+    body = json.loads(stored[0][1])
+    assert body["data"] == data
+    assert body["id"] == stored[0][0]
+    assert body["type"] == "upload.received"

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from uploader.db.models import utcnow
 from uploader.settings import Settings
 from uploader.webhooks.delivery import DeliveryFailed, deliver
 from uploader.webhooks.http_client import ReceiverError, WebhookClient
-from uploader.webhooks.outbox import Delivery
+from uploader.webhooks.outbox import Claimed
 
 HEADERS = b"X-Uploader-Event: upload.ready\r\n"
 
@@ -155,10 +154,8 @@ async def test_a_receiver_that_does_not_answer_in_time_fails_the_delivery_and_it
         webhook_secret="s" * 40,
         webhook_timeout_seconds=0.3,
     )
-    now = utcnow()
-    delivery = Delivery(
-        1, "whd_1", "u1", "anonymous", "upload.ready", {}, now, "pending", 0, now, None, None, None, None
-    )
+    body = '{"id":"whd_1","type":"upload.ready","upload_id":"u1","data":{}}'
+    delivery = Claimed(1, "whd_1", "u1", "upload.ready", body, 0, None, None)
     async with server:
         client = WebhookClient(f"http://127.0.0.1:{port}/hooks")
         started = asyncio.get_running_loop().time()

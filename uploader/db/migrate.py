@@ -20,15 +20,21 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade_to_head(database_url: str) -> None:
     """Migrate to the newest revision; safe to call from inside a running event loop."""
+    migrate_to(database_url, "head")
+
+
+def migrate_to(database_url: str, revision: str, *, down: bool = False) -> None:
+    """Upgrade (or with ``down``, downgrade) to ``revision``."""
     if database_url.startswith("sqlite"):
         path = database_url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
     errors: list[BaseException] = []
+    step = command.downgrade if down else command.upgrade
 
     def run() -> None:
         try:
-            command.upgrade(alembic_config(database_url), "head")
+            step(alembic_config(database_url), revision)
         except BaseException as exc:
             errors.append(exc)
 

@@ -171,7 +171,8 @@ webhook_outbox = Table(
     Column("upload_id", String(32), nullable=False),
     Column("owner", String(200), nullable=False),
     Column("type", String(40), nullable=False),
-    Column("data", JSON, nullable=False),
+    # The delivery's JSON body, rendered once when the event is written (0009).
+    Column("body", Text, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("status", String(12), nullable=False),  # pending, delivered or dead
     Column("attempts", Integer, nullable=False, server_default="0"),

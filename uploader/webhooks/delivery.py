@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -44,19 +43,18 @@ class DeliveryFailed(Exception):
     """The receiver did not take the delivery; worth trying again later."""
 
 
-async def deliver(settings: Settings, delivery: outbox.Delivery, client: WebhookClient) -> None:
+async def deliver(settings: Settings, delivery: outbox.Claimed, client: WebhookClient) -> None:
     """POST one signed delivery (a fresh timestamp on every attempt); raise ``DeliveryFailed``.
     It carries the id of the request that caused the event (ours, checked when accepted) and,
     when that request was traced, its ``traceparent``."""
     if not settings.webhook_url or not settings.webhook_secret:
         raise DeliveryFailed("webhooks are not configured")
-    payload = delivery.payload()
-    body = json.dumps(payload, separators=(",", ":")).encode()
+    body = delivery.body.encode()
     timestamp = int(time.time())
     # Rendered at once: ids and types are ours (hex and dotted names), never a client's.
     headers = (
         "Content-Type: application/json\r\nUser-Agent: uploader-webhooks\r\n"
-        f"{EVENT_HEADER}: {payload['type']}\r\n{DELIVERY_HEADER}: {payload['id']}\r\n"
+        f"{EVENT_HEADER}: {delivery.type}\r\n{DELIVERY_HEADER}: {delivery.id}\r\n"
         f"{TIMESTAMP_HEADER}: {timestamp}\r\n"
         f"{SIGNATURE_HEADER}: {signature(settings.webhook_secret, timestamp, body)}\r\n"
         + (f"{REQUEST_ID_HEADER}: {delivery.request_id}\r\n" if delivery.request_id else "")
@@ -75,9 +73,10 @@ async def deliver(settings: Settings, delivery: outbox.Delivery, client: Webhook
         raise DeliveryFailed(str(exc)) from None
     if not 200 <= status < 300:
         raise DeliveryFailed(f"receiver answered {status}")
-    log.debug(
-        "webhook.delivered", delivery=payload["id"], type=payload["type"], upload_id=payload["upload_id"]
-    )
+    log.debug("webhook.delivered", delivery=delivery.id, type=delivery.type, upload_id=delivery.upload_id)
+
+
+_DELIVERED, _FAILED, _DEAD = (metrics.WEBHOOK_DELIVERIES.labels(o) for o in ("delivered", "failed", "dead"))
 
 
 class OutboxDispatcher:
@@ -108,11 +107,14 @@ class OutboxDispatcher:
             self._client = WebhookClient(self.settings.webhook_url)
         lease = self.settings.webhook_timeout_seconds + 30
         delivered = 0
-        while not self._stopping:
-            claimed = await self.db.run(lambda s: outbox.claim(s, self.batch, lease))
+        more = True
+        while more and not self._stopping:
+            # ``more``: a full batch was due, so more may be; otherwise later events come
+            # with the next wake-up or poll, without a claim that finds nothing.
+            claimed, more = await self.db.run(lambda s: outbox.claim(s, self.batch, lease))
             if not claimed:
                 return delivered
-            by_upload: dict[str, list[outbox.Delivery]] = {}
+            by_upload: dict[str, list[outbox.Claimed]] = {}
             for delivery in claimed:  # in order: each upload's events one after the other
                 by_upload.setdefault(delivery.upload_id, []).append(delivery)
             results = await asyncio.gather(*(self._in_order(events) for events in by_upload.values()))
@@ -128,15 +130,15 @@ class OutboxDispatcher:
             delivered += sum(error is None for _, error in outcomes)
         return delivered
 
-    async def _in_order(self, events: list[outbox.Delivery]) -> list[tuple[outbox.Delivery, str | None]]:
+    async def _in_order(self, events: list[outbox.Claimed]) -> list[tuple[outbox.Claimed, str | None]]:
         """One upload's events, one after the other; after a failure the rest wait."""
-        outcomes: list[tuple[outbox.Delivery, str | None]] = []
+        outcomes: list[tuple[outbox.Claimed, str | None]] = []
         for delivery in events:
             failed = outcomes and outcomes[-1][1] is not None
             outcomes.append((delivery, outbox.SKIPPED if failed else await self._attempt(delivery)))
         return outcomes
 
-    async def _attempt(self, delivery: outbox.Delivery) -> str | None:
+    async def _attempt(self, delivery: outbox.Claimed) -> str | None:
         assert self._client is not None
         started = time.perf_counter()
         try:
@@ -144,7 +146,7 @@ class OutboxDispatcher:
         except DeliveryFailed as exc:
             attempt = delivery.attempts + 1
             dead = attempt >= self.settings.webhook_max_attempts
-            metrics.WEBHOOK_DELIVERIES.labels("dead" if dead else "failed").inc()
+            (_DEAD if dead else _FAILED).inc()
             (log.error if dead else log.warning)(
                 "webhook.dead" if dead else "webhook.retry",
                 delivery=delivery.id,
@@ -156,7 +158,7 @@ class OutboxDispatcher:
             return str(exc)
         finally:
             metrics.WEBHOOK_DURATION.observe(time.perf_counter() - started)
-        metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
+        _DELIVERED.inc()
         return None
 
     async def prune(self) -> int:

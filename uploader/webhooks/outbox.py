@@ -13,13 +13,25 @@ dead-lettered, until ``uploader webhooks retry`` sends it again.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, exists, or_, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    literal_column,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy import insert as sql_insert
 
 from uploader.db.driver import DriverStatement
@@ -37,7 +49,7 @@ _INSERTED = (
     "upload_id",
     "owner",
     "type",
-    "data",
+    "body",
     "created_at",
     "status",
     "attempts",
@@ -73,56 +85,59 @@ def record(connection: Connection, upload: Upload, events: list[tuple[str, dict[
     if upload.concat_role == ConcatRole.PARTIAL:
         return
     now = utcnow()
+    created_at = now.isoformat()
     request_id = current_request_id.get()
     traceparent = tracing.current_traceparent()
-    rows = [
-        {
-            "id": new_delivery_id(),
+    rows = []
+    for event_type, data in events:
+        if event_type not in WEBHOOK_EVENTS:
+            continue
+        delivery_id = new_delivery_id()
+        # The body every attempt POSTs, rendered once: a delivery neither decodes nor
+        # encodes it again.
+        body = {
+            "id": delivery_id,
+            "type": event_type,
+            "created_at": created_at,
             "upload_id": upload.id,
             "owner": upload.owner,
-            "type": event_type,
             "data": data,
-            "created_at": now,
-            "status": PENDING,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "request_id": request_id,
-            "traceparent": traceparent,
         }
-        for event_type, data in events
-        if event_type in WEBHOOK_EVENTS
-    ]
+        rows.append(
+            {
+                "id": delivery_id,
+                "upload_id": upload.id,
+                "owner": upload.owner,
+                "type": event_type,
+                "body": json.dumps(body, separators=(",", ":")),
+                "created_at": now,
+                "status": PENDING,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "request_id": request_id,
+                "traceparent": traceparent,
+            }
+        )
     if rows:
         _INSERT.execute_many(connection, rows)
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
+    """A delivery as ``uploader webhooks list`` and the deliveries route show it."""
+
     seq: int
     id: str
     upload_id: str
     owner: str
     type: str
-    data: dict[str, Any]
     created_at: datetime
     status: str
     attempts: int
     next_attempt_at: datetime
     last_error: str | None
     delivered_at: datetime | None
-    request_id: str | None  # of the request that caused the event, sent as X-Request-ID
-    traceparent: str | None  # the trace it belongs to, when traced, sent as traceparent
-
-    def payload(self) -> dict[str, Any]:
-        """The body POSTed to the receiver: the same on every attempt."""
-        return {
-            "id": self.id,
-            "type": self.type,
-            "created_at": self.created_at.isoformat(),
-            "upload_id": self.upload_id,
-            "owner": self.owner,
-            "data": self.data,
-        }
+    request_id: str | None  # of the request that caused the event
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -146,7 +161,6 @@ _FIELDS = (
     _c.upload_id,
     _c.owner,
     _c.type,
-    _c.data,
     _c.created_at,
     _c.status,
     _c.attempts,
@@ -154,12 +168,28 @@ _FIELDS = (
     _c.last_error,
     _c.delivered_at,
     _c.request_id,
-    _c.traceparent,
 )
 
 
 def _delivery(row: Any) -> Delivery:
     return Delivery(*row)  # the columns of ``_FIELDS``, in the dataclass's order
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What a dispatcher needs of a claimed event to POST it and record the outcome."""
+
+    seq: int
+    id: str
+    upload_id: str
+    type: str
+    body: str  # the JSON POSTed, the same on every attempt
+    attempts: int
+    request_id: str | None  # sent as X-Request-ID
+    traceparent: str | None  # the trace it belongs to, when traced
+
+
+_CLAIMED = (_c.seq, _c.id, _c.upload_id, _c.type, _c.body, _c.attempts, _c.request_id, _c.traceparent)
 
 
 _earlier = webhook_outbox.alias("earlier")
@@ -183,10 +213,12 @@ _CLAIM = (
     update(webhook_outbox)
     .where(_c.seq.in_(_DUE.scalar_subquery()), _free)
     .values(lease_until=bindparam("lease_until"))
-    .returning(*_FIELDS)
+    .returning(*_CLAIMED)
 )
 # The events after those heads, of the same uploads: no other dispatcher can take them
-# while their head is pending, and they go out right after it, in order.
+# while their head is pending, and they go out right after it, in order. (A statement of
+# its own: the heads are claimed first, with SKIP LOCKED on PostgreSQL, and only their
+# uploads' other events after that.)
 _CLAIM_FOLLOWERS = (
     update(webhook_outbox)
     .where(
@@ -196,36 +228,43 @@ _CLAIM_FOLLOWERS = (
         _free,
     )
     .values(lease_until=bindparam("lease_until"))
-    .returning(*_FIELDS)
+    .returning(*_CLAIMED)
 )
 
 
-def claim(connection: Connection, batch: int, lease_seconds: float) -> list[Delivery]:
+def claim(connection: Connection, batch: int, lease_seconds: float) -> tuple[list[Claimed], bool]:
     """Take up to ``batch`` due events, each the oldest undelivered one of its upload,
-    and the events that follow them, for ``lease_seconds``; in order."""
+    and the events that follow them, for ``lease_seconds``; in order. Also whether more
+    may be due now."""
     now = utcnow()
     params = {"now": now, "batch": batch, "lease_until": now + timedelta(seconds=lease_seconds)}
-    heads = [_delivery(row) for row in connection.execute(_CLAIM, params)]
+    heads = [Claimed(*row) for row in connection.execute(_CLAIM, params)]
     if not heads:
-        return []
+        return [], False
     followers = connection.execute(
         _CLAIM_FOLLOWERS,
         {**params, "uploads": sorted({d.upload_id for d in heads}), "heads": [d.seq for d in heads]},
     )
-    return sorted([*heads, *(_delivery(row) for row in followers)], key=lambda d: d.seq)
+    claimed = sorted([*heads, *(Claimed(*row) for row in followers)], key=lambda d: d.seq)
+    # On PostgreSQL a short batch may only mean that another dispatcher holds the rest
+    # (SKIP LOCKED): keep claiming until a claim finds nothing.
+    return claimed, len(heads) == batch or connection.dialect.name == "postgresql"
 
 
 SKIPPED = "skipped"  # not tried: an earlier event of its upload failed in the same batch
-_DELIVERED = (
+# Row by row, in one driver call on SQLite (an expanding IN list went through
+# SQLAlchemy's whole execution).
+_DELIVERED = DriverStatement(
     update(webhook_outbox)
-    .where(_c.seq.in_(bindparam("seqs", expanding=True)))
+    .where(_c.seq == bindparam("row"))
     .values(
-        status=DELIVERED,
+        status=literal_column(f"'{DELIVERED}'"),
         delivered_at=bindparam("now"),
-        last_error=None,
-        lease_until=None,
-        attempts=_c.attempts + 1,
-    )
+        last_error=null(),
+        lease_until=null(),
+        attempts=_c.attempts + literal_column("1"),
+    ),
+    {"row": _c.seq, "now": _c.delivered_at},
 )
 _RELEASED = (
     update(webhook_outbox).where(_c.seq.in_(bindparam("seqs", expanding=True))).values(lease_until=None)
@@ -234,7 +273,7 @@ _RELEASED = (
 
 def settle(
     connection: Connection,
-    outcomes: list[tuple[Delivery, str | None]],
+    outcomes: list[tuple[Claimed, str | None]],
     max_attempts: int,
     backoff: Any,
 ) -> None:
@@ -242,9 +281,9 @@ def settle(
     (released as it was), else the error: tried again after ``backoff(attempts)``
     seconds, or dead once ``max_attempts`` were made."""
     now = utcnow()
-    delivered = [d.seq for d, error in outcomes if error is None]
+    delivered = [{"row": d.seq, "now": now} for d, error in outcomes if error is None]
     if delivered:
-        connection.execute(_DELIVERED, {"seqs": delivered, "now": now})
+        _DELIVERED.execute_many(connection, delivered)
     skipped = [d.seq for d, error in outcomes if error == SKIPPED]
     if skipped:
         connection.execute(_RELEASED, {"seqs": skipped})

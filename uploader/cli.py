@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import socket
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-import uvicorn
 from pydantic import ValidationError
 
 from uploader.kit.logging import configure_logging, get_logger
@@ -22,82 +18,6 @@ from uploader.settings import Settings
 from uploader.webhooks import commands as webhook_commands
 
 log = get_logger(__name__)
-
-# A request allocates a few hundred container objects that die young; collecting the
-# youngest generation every 700 allocations (the default) cost about 5% of the CPU of
-# many small uploads. The cyclic garbage that waits longer this way is request-sized.
-GC_THRESHOLDS = (20_000, 20, 20)
-
-
-class _GracefulServer(uvicorn.Server):
-    """On SIGTERM/SIGINT, in-flight PATCHes stop reading and record what they received.
-
-    Once started, everything loaded so far (modules, the app, the runtime) is moved out of
-    the collector's sight: full collections no longer walk a heap that lives as long as
-    the process.
-    """
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        gc.collect()
-        gc.freeze()
-
-    shutdown_delay = 0.0
-    _draining = False
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        app = self.config.loaded_app
-        state = getattr(getattr(app, "app", app), "state", None)
-        if state is not None:
-            state.draining = True  # /readyz answers 503 from now on
-        if self.shutdown_delay > 0 and not self._draining:
-            # Still serving, so that a load balancer sees /readyz fail and stops routing
-            # here; a second signal stops at once.
-            self._draining = True
-            log.info("server.draining", stop_in_seconds=self.shutdown_delay)
-            asyncio.get_running_loop().call_later(self.shutdown_delay, self._stop, sig, frame)
-            return
-        self._stop(sig, frame)
-
-    def _stop(self, sig: int, frame: FrameType | None) -> None:
-        app = self.config.loaded_app
-        state = getattr(getattr(app, "app", app), "state", None)
-        service = getattr(state, "uploads", None) if state is not None else None
-        if service is not None:
-            service.locker.interrupt_all()
-        super().handle_exit(sig, frame)
-
-
-def _serve(settings: Settings, host: str, port: int) -> int:
-    from uploader.app import create_app
-
-    # Migrations run in a child process: the server never holds Alembic in memory (~13 MiB).
-    migrated = subprocess.run([sys.executable, "-m", "uploader", "migrate"], check=False)
-    if migrated.returncode != 0:
-        log.error("database.migration_failed", exit_code=migrated.returncode)
-        return migrated.returncode
-    from uploader.kit.http_protocol import guarded_protocol
-
-    gc.set_threshold(*GC_THRESHOLDS)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=host,
-        port=port,
-        loop="uvloop",
-        http=guarded_protocol(
-            settings.max_header_bytes, settings.header_timeout_seconds, settings.max_connections
-        ),
-        timeout_keep_alive=settings.keep_alive_seconds,
-        lifespan="on",
-        access_log=settings.access_log,
-        log_config=None,
-        timeout_graceful_shutdown=30,
-    )
-    log.info("server.listening", url=f"http://{host}:{port}", tus=f"http://{host}:{port}{settings.tus_path}")
-    server = _GracefulServer(config)
-    server.shutdown_delay = settings.shutdown_delay_seconds
-    server.run()
-    return 0
 
 
 def _migrate(settings: Settings) -> int:
@@ -156,7 +76,6 @@ def _beat(settings: Settings) -> int:
 
 def _ping_worker(settings: Settings) -> int:
     """Exit 0 when the worker on this host answers (a container health check)."""
-    import socket
 
     from workers.celery_app import build_celery
 
@@ -167,7 +86,6 @@ def _ping_worker(settings: Settings) -> int:
 
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
     """``uploader keys create|list|revoke``: API keys kept in the database."""
-    import asyncio
     import json
 
     from uploader.auth import api_keys
@@ -340,6 +258,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve = commands.add_parser("serve", help="run the API (migrates the database first)")
     serve.add_argument("--host", help="address to listen on (default UPLOADER_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default UPLOADER_PORT or 8000)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the port (default UPLOADER_WORKERS or 1; more need PostgreSQL "
+        "and Redis)",
+    )
     commands.add_parser("migrate", help="apply database migrations")
     worker = commands.add_parser("worker", help="run a Celery worker for the processing pipeline")
     worker.add_argument("--concurrency", type=int, help="worker processes (default: one per core)")
@@ -365,7 +289,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     configure_logging(settings.log_level, settings.log_json)
     if args.command == "serve":
-        sys.exit(_serve(settings, args.host or settings.host, args.port or settings.port))
+        from uploader import serving
+
+        workers = args.workers or settings.workers
+        sys.exit(serving.serve(settings, args.host or settings.host, args.port or settings.port, workers))
     if args.command == "worker":
         sys.exit(_worker(settings, args.concurrency, args.pool, args.metrics_port))
     if args.command == "beat":

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="API processes sharing the port (more than one needs PostgreSQL and Redis).",
+    )
     log_level: str = "info"
     log_json: bool | None = Field(
         default=None, description="JSON log lines; unset means JSON unless stderr is a terminal."

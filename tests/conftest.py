@@ -74,18 +74,24 @@ def _require_postgres() -> None:
 
 
 @contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """A new, migrated PostgreSQL database, dropped afterwards."""
+def empty_postgres_database() -> Iterator[str]:
+    """A new PostgreSQL database with no tables, dropped afterwards."""
     _require_postgres()
     name = f"uploader_test_{os.getpid()}_{secrets.token_hex(3)}"
     run_in_thread(_admin(f'CREATE DATABASE "{name}"'))
     base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    url = f"{base}/{name}"
     try:
-        upgrade_to_head(url)
-        yield url
+        yield f"{base}/{name}"
     finally:
         run_in_thread(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, migrated PostgreSQL database, dropped afterwards."""
+    with empty_postgres_database() as url:
+        upgrade_to_head(url)
+        yield url
 
 
 @pytest.fixture(scope="session")

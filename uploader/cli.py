@@ -20,12 +20,23 @@ from uploader.webhooks import commands as webhook_commands
 log = get_logger(__name__)
 
 
-def _migrate(settings: Settings) -> int:
-    from uploader.db.migrate import upgrade_to_head
+def _migrate(settings: Settings, wait: float | None) -> int:
+    from uploader.db import migrate
 
-    upgrade_to_head(settings.resolved_database_url)
-    log.info("database.migrated")
-    return 0
+    url = settings.resolved_database_url
+    if wait is None:
+        migrate.upgrade_to_head(url)
+        log.info("database.migrated")
+        return 0
+    # Apply nothing: wait for the process that migrates (a deployment's migration job).
+    pending = migrate.wait_for_head(
+        url, wait, lambda left: log.info("database.migration_pending", pending=left)
+    )
+    if not pending:
+        log.info("database.at_newest_revision")
+        return 0
+    log.error("database.migration_pending", pending=pending, waited_seconds=wait)
+    return 1
 
 
 def _worker(settings: Settings, concurrency: int | None, pool: str, metrics_port: int | None) -> int:
@@ -252,7 +263,7 @@ def _run_client(args: argparse.Namespace) -> int:
     return client.run(lambda: client.download(args.upload, server, args.variant, args.output, args.api_key))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uploader", description="Resumable upload service.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the API (migrates the database first)")
@@ -264,7 +275,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="server processes sharing the port (default UPLOADER_WORKERS or 1; more need PostgreSQL "
         "and Redis)",
     )
-    commands.add_parser("migrate", help="apply database migrations")
+    migrate = commands.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="apply nothing: wait until another process has migrated the database (exit 1 after SECONDS)",
+    )
     worker = commands.add_parser("worker", help="run a Celery worker for the processing pipeline")
     worker.add_argument("--concurrency", type=int, help="worker processes (default: one per core)")
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
@@ -276,7 +293,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     _client_commands(commands)
     _access_commands(commands)
     webhook_commands.add_commands(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.command in CLIENT_COMMANDS:
         sys.exit(_run_client(args))
 
@@ -305,4 +326,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(_token(settings, args))
     if args.command == "webhooks":
         sys.exit(webhook_commands.run(settings, args))
-    sys.exit(_migrate(settings))
+    sys.exit(_migrate(settings, args.wait))

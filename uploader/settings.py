@@ -92,6 +92,11 @@ class Settings(BaseSettings):
         ge=1,
         description="API processes sharing the port (more than one needs PostgreSQL and Redis).",
     )
+    migrate_on_start: bool = Field(
+        default=True,
+        description="`uploader serve` applies database migrations before it listens; turn off "
+        "where a job migrates (Kubernetes) and the processes only wait for it.",
+    )
     log_level: str = "info"
     log_json: bool | None = Field(
         default=None, description="JSON log lines; unset means JSON unless stderr is a terminal."

@@ -3,17 +3,23 @@
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from uploader.db.models import metadata
 
 target_metadata = metadata
+# Held for the migration's transaction on PostgreSQL: processes migrating at once (API
+# pods starting beside the migration job) take turns, and the later ones find nothing to do.
+MIGRATION_LOCK_KEY = 0x75706C6F6164  # "upload"
 
 
 def run_with(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 

@@ -144,21 +144,29 @@ class RedisLocker:
             holder.generation = int(generation)
             holder.valid_until = sent + self.lease_seconds * _SAFE_SHARE
             self._leased[upload_id] = holder
-            renewer = asyncio.create_task(self._keep(key, token, holder))
+            released = asyncio.Event()
+            renewer = asyncio.create_task(self._keep(key, token, holder, released))
             try:
                 yield holder
             finally:
                 self._leased.pop(upload_id, None)
+                # The event, not only the cancellation, ends the renewer: on Python 3.11 the
+                # Redis client's asyncio.wait_for drops a cancellation that comes as a
+                # command completes, and a renewer left running held the upload for good.
+                released.set()
                 renewer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewer
-                with contextlib.suppress(RedisError):  # otherwise the lease simply runs out
-                    await self._release(keys=[key], args=[token])
+                try:
+                    await asyncio.wait({renewer}, timeout=self.lease_seconds)
+                finally:
+                    with contextlib.suppress(RedisError):  # otherwise the lease simply runs out
+                        await self._release(keys=[key], args=[token])
 
-    async def _keep(self, key: str, token: str, holder: LockHolder) -> None:
+    async def _keep(self, key: str, token: str, holder: LockHolder, released: asyncio.Event) -> None:
         """Extends the lease while the request runs; a crashed process's lease runs out."""
         while True:
             await asyncio.sleep(self.lease_seconds / 5)
+            if released.is_set():
+                return
             sent = time.monotonic()
             try:
                 renewed = await self._renew(keys=[key], args=[token, self.lease_ms])

@@ -1,0 +1,53 @@
+"""A hold of an upload ends, and its lease with it, even when the renewal task does not
+end on its cancellation. On Python 3.11, ``asyncio.wait_for`` (which the Redis client
+uses to send a command) returns the result and drops a cancellation that arrives as the
+call completes; a renewer that went on renewing kept its upload locked for good, every
+other writer answered 423 until the process was restarted (seen with three API processes
+behind a proxy under load)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from typing import Any
+
+import pytest
+
+from uploader.uploads.redis_locks import RedisLocker
+
+
+async def test_a_hold_ends_even_when_a_renewal_swallows_its_cancellation(redis_url: str) -> None:
+    locker = RedisLocker(redis_url, f"test-{secrets.token_hex(4)}", timeout=2, lease_seconds=1.0)
+    await locker.start()
+    real_renew = locker._renew
+    renewing = asyncio.Event()
+    failed = False
+
+    async def renew_that_loses_a_cancellation(**kwargs: Any) -> Any:
+        if failed:
+            raise RuntimeError("the test failed: end the renewer, so the session can end")
+        renewing.set()
+        # The call completes as the cancellation comes: wait_for returns, on 3.11.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.3)
+        return await real_renew(**kwargs)
+
+    locker._renew = renew_that_loses_a_cancellation  # type: ignore[method-assign]
+
+    async def hold_and_leave() -> None:
+        async with locker.hold("upload-1"):
+            await renewing.wait()  # leave while a renewal is under way
+
+    try:
+        # (Not asyncio.timeout: a hold stuck in its exit would not answer its cancellation.)
+        leaving = asyncio.create_task(hold_and_leave())
+        done, _ = await asyncio.wait({leaving}, timeout=10)
+        if not done:
+            failed = True
+            pytest.fail("the hold never ended")
+        assert not await locker.redis.exists(locker._key("upload-1")), "the lease outlived its hold"
+        async with asyncio.timeout(1), locker.hold("upload-1", patience=0.1):
+            pass  # free at once for the next writer
+    finally:
+        await locker.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -61,6 +62,33 @@ def test_a_database_blip_during_a_patch_never_leaves_a_full_upload_incomplete(
             assert response.status_code == 204
         assert_invariant(settings, {url.rsplit("/", 1)[1]: [data]}, server.url)
         assert '"status": 500' not in server.log()
+    finally:
+        server.stop()
+
+
+def test_pooled_connections_that_died_idle_cost_no_request(
+    tmp_path: Path, postgres_database: PostgresDatabase
+) -> None:
+    """A failover that ends every backend while the pool holds idle connections: the next
+    requests, many at once, all succeed (a unit of work on a dead connection is tried
+    once more on a fresh one; nothing pings before each transaction)."""
+    server, settings = _postgres_server(tmp_path, postgres_database)
+    try:
+        sent: dict[str, list[bytes]] = {}
+
+        def upload(index: int) -> int:
+            data = os.urandom(64 * 1024 + index)
+            url = create(server.tus_url, len(data))
+            sent[url.rsplit("/", 1)[1]] = [data]
+            return send_from(url, data, 0).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            assert set(pool.map(upload, range(32))) == {204}  # the pool is full of connections
+        postgres_database.refuse_connections()  # every backend ends...
+        postgres_database.allow_connections()  # ...and the database is back at once
+        with ThreadPoolExecutor(16) as pool:
+            assert set(pool.map(upload, range(32, 64))) == {204}, server.log()[-3000:]
+        assert_invariant(settings, sent, server.url)
     finally:
         server.stop()
 

@@ -94,13 +94,13 @@ class Database:
             )
             event.listen(self._sqlite, "connect", _sqlite_pragmas)
         else:
-            # Pre-ping: a connection that died with its server (a restart, terminated
-            # backends) is replaced at checkout instead of failing the next request.
+            # No pre-ping (a round trip before every transaction): a connection that died
+            # with its server (a restart, terminated backends) fails its unit of work, which
+            # run() gives one more try on a fresh connection.
             self._async = sqlalchemy.ext.asyncio.create_async_engine(
                 url,
                 pool_size=10,
                 max_overflow=20,
-                pool_pre_ping=True,
                 pool_timeout=10,
                 connect_args={"timeout": 5, "command_timeout": 30},
             )

@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,78 +17,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import IN_CI, fresh_postgres_database
+from tests.conftest import fresh_postgres_database
+from tests.e2e.proxies import NGINX_CONF, Proxy, haproxy_in_front, nginx_in_front, wait_until_ready
 from tests.e2e.test_workers import redis_env_context
 from tests.faults.clients import TricklingPatch
 from tests.observability.metrics import scrape_url
-from tests.support import PATCH_HEADERS, REPO, TUS, LiveServer, free_port, start_server, stop_process
+from tests.support import PATCH_HEADERS, TUS, LiveServer, start_server, stop_process
 from uploader.settings import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("proxies")]
 MiB = 1024 * 1024
-HAPROXY_CFG = REPO / "docker" / "haproxy" / "haproxy.cfg"
-NGINX_CONF = REPO / "docker" / "nginx" / "uploader.conf"
-
-
-def _binary(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin")
-    if found is None:
-        if IN_CI:
-            pytest.fail(f"Debian's {name} is required in CI (tests/run installs it)")
-        pytest.skip(f"{name} is not installed")
-    return found
-
-
-@dataclass
-class Proxy:
-    kind: str
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def tus_url(self) -> str:
-        return f"{self.url}/files/"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def _haproxy(root: Path, backends: list[LiveServer]) -> Proxy:
-    port = free_port()
-    servers = "\n".join(f"    server api{i} 127.0.0.1:{b.port}" for i, b in enumerate(backends))
-    config = HAPROXY_CFG.read_text()
-    config = re.sub(r"(?m)^    server-template .*$", servers, config)
-    config = config.replace("    bind :8080", f"    bind 127.0.0.1:{port}")
-    path = root / "haproxy.cfg"
-    path.write_text(config)
-    log_path = root / "haproxy.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([_binary("haproxy"), "-db", "-f", str(path)], stdout=log, stderr=log)
-    return Proxy("haproxy", f"http://127.0.0.1:{port}", process, log_path)
-
-
-def _nginx(root: Path, backends: list[LiveServer]) -> Proxy:
-    port = free_port()
-    servers = "\n".join(f"    server 127.0.0.1:{b.port} max_fails=2 fail_timeout=5s;" for b in backends)
-    site = NGINX_CONF.read_text()
-    site = re.sub(r"(?m)^    server api:8000 .*$", servers, site)
-    site = site.replace("    listen 8081;", f"    listen 127.0.0.1:{port};")
-    (root / "uploader.conf").write_text(site)
-    temp = ";\n  ".join(
-        f"{kind}_temp_path {root / kind}" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (root / "nginx.conf").write_text(
-        f"daemon off;\npid {root / 'nginx.pid'};\nerror_log {root / 'nginx.log'} info;\n"
-        f"events {{ worker_connections 1024; }}\n"
-        f"http {{\n  access_log off;\n  {temp};\n  include {root / 'uploader.conf'};\n}}\n"
-    )
-    log_path = root / "nginx.log"
-    with open(root / "nginx.out", "wb") as out:
-        process = subprocess.Popen(
-            [_binary("nginx"), "-c", str(root / "nginx.conf"), "-p", str(root)], stdout=out, stderr=out
-        )
-    return Proxy("nginx", f"http://127.0.0.1:{port}", process, log_path)
 
 
 @dataclass
@@ -98,19 +34,6 @@ class Deployment:
     proxy: Proxy
     backends: list[LiveServer]
     settings: Settings
-
-
-def _wait_until_ready(proxy: Proxy) -> None:
-    deadline = time.monotonic() + 20
-    while True:  # the proxy listens, and sends requests to a ready process
-        try:
-            if httpx.get(f"{proxy.url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert proxy.process.poll() is None, proxy.log()[-3000:]
-        assert time.monotonic() < deadline, f"{proxy.kind} did not start: {proxy.log()[-3000:]}"
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module", params=["haproxy", "nginx"])
@@ -130,9 +53,9 @@ def deployment(
         backends = [start_server(tmp_path / f"api{i}", **env) for i in range(2)]
         root = tmp_path / "proxy"
         root.mkdir()
-        proxy = (_haproxy if request.param == "haproxy" else _nginx)(root, backends)
+        proxy = (haproxy_in_front if request.param == "haproxy" else nginx_in_front)(root, backends)
         try:
-            _wait_until_ready(proxy)
+            wait_until_ready(proxy)
             time.sleep(2.5)  # haproxy's first health checks (every 2 s)
             yield Deployment(proxy, backends, Settings(database_url=database_url, data_dir=tmp_path))
         finally:

@@ -19,7 +19,8 @@ import httpx
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from tests.conftest import IN_CI, fresh_postgres_database
+from tests.conftest import fresh_postgres_database
+from tests.e2e.proxies import debian_binary
 from tests.e2e.test_workers import redis_env_context
 from tests.observability.metrics import scrape_url
 from tests.observability.otlp import OtlpReceiver
@@ -151,15 +152,6 @@ def test_the_worker_serves_the_values_of_its_pool_processes(stack: Stack) -> Non
     assert httpx.get(f"{stack.worker_metrics_url}/elsewhere").status_code == 404
 
 
-def _prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        if IN_CI:
-            pytest.fail("Debian's prometheus is required in CI (tests/run installs it)")
-        pytest.skip("prometheus is not installed")
-    return found
-
-
 @dataclass
 class Prometheus:
     url: str
@@ -180,7 +172,7 @@ class Prometheus:
 
 @pytest.fixture(scope="module")
 def prometheus(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    binary = _prometheus_binary()
+    binary = debian_binary("prometheus")
     root = tmp_path_factory.mktemp("prometheus")
     shutil.copy(PROMETHEUS_DIR / "rules.yml", root / "rules.yml")
     config = {
@@ -269,7 +261,7 @@ def test_every_dashboard_query_is_valid_promql_over_metrics_we_export(
 
 
 def test_the_shipped_prometheus_files_pass_promtool() -> None:
-    _prometheus_binary()
+    debian_binary("prometheus")
     promtool = shutil.which("promtool")
     assert promtool is not None
     for command in (

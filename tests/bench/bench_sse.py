@@ -28,14 +28,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import asyncpg
 import httpx
-from common import uploader_executable, wait_for
+from common import REDIS_URL, database_url, postgres_admin, uploader_executable, wait_for
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
-ADMIN_DSN = os.environ.get("UPLOADER_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("UPLOADER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PORT = 18095
 WORKER_EVENTS = ("processing.", "variant.", "upload.ready", "upload.failed")
 
@@ -137,11 +134,10 @@ def main() -> int:
     args = parser.parse_args()
     database = f"uploader_bench_{secrets.token_hex(4)}"
     work = Path(tempfile.mkdtemp(prefix="uploader-sse-bench-"))
-    asyncio.run(_admin(f'CREATE DATABASE "{database}"'))
+    postgres_admin(f'CREATE DATABASE "{database}"')
     env = {
         **os.environ,
-        "UPLOADER_DATABASE_URL": ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-        + f"/{database}",
+        "UPLOADER_DATABASE_URL": database_url(database),
         "UPLOADER_DATA_DIR": str(work),
         "UPLOADER_REDIS_URL": REDIS_URL,
         "UPLOADER_REDIS_PREFIX": f"bench-{secrets.token_hex(4)}",
@@ -159,7 +155,7 @@ def main() -> int:
         for process in (api, worker):
             process.terminate()
             process.wait(30)
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        postgres_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         shutil.rmtree(work, ignore_errors=True)
     print(
         f"\n{args.streams} SSE streams, {args.uploads} JPEG uploads processed by one worker (2 processes), "
@@ -172,14 +168,6 @@ def main() -> int:
         f"| {result['max_ms']:.1f} ms |"
     )
     return 0
-
-
-async def _admin(sql: str) -> None:
-    connection = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
 
 
 if __name__ == "__main__":

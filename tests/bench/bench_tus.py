@@ -21,7 +21,11 @@ sets ``BENCH_DISPATCHER=none``: then the outbox is written and nothing delivers,
 isolates the cost of the write). A variant that sets ``UPLOADER_JWT_SECRET``
 requires tokens: the load client sends one minted with that secret (``tusbench.py`` cannot
 send headers, so such a run measures the load only: ``--sizes-mib ''``, which prints the
-load table with each row's ratio to the first of ours).
+load table with each row's ratio to the first of ours). A variant that sets
+``BENCH_HAPROXY=N`` runs N of our servers, each on a port of its own, behind HAProxy with
+the shipped ``docker/haproxy/haproxy.cfg`` (per-request round-robin) on the port the
+clients use; with several, give it PostgreSQL and Redis (``UPLOADER_DATABASE_URL``,
+``UPLOADER_REDIS_URL``) as a deployment would.
 
 Between measurements the server is left to finish its own work, every upload the run made is
 deleted (tus DELETE of the client's upload, and of whatever our status API still lists; the
@@ -283,6 +287,9 @@ class OurServer:
         for item in extra:
             k, _, v = item.partition("=")
             env[k] = self._subst(v)
+        behind = int(env.get("BENCH_HAPROXY", "0"))
+        if behind:
+            argv = self._behind_haproxy(argv, behind)
         if port_open(self.port):
             raise RuntimeError(f"port {self.port} is already in use")
         log(f"starting {self.variant.label} ({self.tag}, port {self.port}): {shlex.join(argv)}")
@@ -317,6 +324,8 @@ class OurServer:
                     [argv[0], "webhooks", "deliver"], env=env, cwd=self.data_dir, stdout=out, stderr=out
                 )
             log(f"  with a webhook dispatcher process (pid {self.dispatcher.pid})")
+        if behind:
+            time.sleep(4.5)  # HAProxy's first health checks pass on every server (2 s, rise 2)
         base = f"http://{HOST}:{self.port}"
         headers = {}
         if secret := env.get("UPLOADER_JWT_SECRET"):
@@ -331,6 +340,31 @@ class OurServer:
             list_url=base + self.args.list_path if self.args.list_path else None,
             headers=headers,
         )
+
+    def _behind_haproxy(self, argv: list[str], count: int) -> list[str]:
+        """A command that runs ``count`` of our servers on ports of their own, waits until
+        each is ready, then HAProxy with the shipped configuration on this server's port;
+        all in one process group, stopped together."""
+        sys.path.insert(0, str(REPO))
+        from tests.e2e.proxies import haproxy_config
+
+        ports = []
+        for _ in range(count):
+            with socket.socket() as s:
+                s.bind((HOST, 0))
+                ports.append(s.getsockname()[1])
+        config = self.data_dir.parent / f"haproxy-{self.tag}.cfg"
+        config.write_text(haproxy_config(self.port, ports))
+        at = shlex.join(argv).replace(f"--port {self.port}", "--port {port}")
+        ready = f"{shlex.quote(sys.executable)} -c " + shlex.quote(
+            "import sys, urllib.request as u; u.urlopen(f'http://127.0.0.1:{sys.argv[1]}/readyz', timeout=1)"
+        )
+        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        script = "".join(f"{at.format(port=port)} &\n" for port in ports)
+        script += "".join(f"until {ready} {port} 2>/dev/null; do sleep 0.2; done\n" for port in ports)
+        script += f"exec {shlex.quote(haproxy)} -db -f {shlex.quote(str(config))}\n"
+        log(f"  {count} servers on ports {ports}, behind HAProxy on {self.port}")
+        return ["/bin/sh", "-c", script]
 
     def _ready(self) -> bool:
         if not self.args.health_path:

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 MiB = 1024 * 1024
+ADMIN_DSN = os.environ.get("UPLOADER_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("UPLOADER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def postgres_admin(sql: str) -> None:
+    """One statement on the machine's PostgreSQL as its administrator (CREATE DATABASE)."""
+
+    async def run() -> None:
+        connection = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+def database_url(name: str) -> str:
+    return ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
 
 
 def uploader_executable() -> str:

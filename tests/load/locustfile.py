@@ -142,25 +142,23 @@ class Reader(FastHttpUser):
     weight = 3
     wait_time = constant(0.05)
 
-    def _pick(self) -> str | None:
-        return random.choice(FINISHED) if FINISHED else None
-
     @task(3)
     def status(self) -> None:
-        if (upload_id := self._pick()) is None:
-            time.sleep(0.2)
-            return
-        self._get(f"/api/v1/uploads/{upload_id}", "status")
+        self._get_finished("/api/v1/uploads/{}", "status")
 
     @task(1)
     def download(self) -> None:
-        if (upload_id := self._pick()) is None:
+        self._get_finished("/api/v1/uploads/{}/content", "download")
+
+    def _get_finished(self, path: str, name: str) -> None:
+        """GET ``path`` of an upload finished here, once there is one."""
+        if not FINISHED:
             time.sleep(0.2)
             return
-        self._get(f"/api/v1/uploads/{upload_id}/content", "download")
-
-    def _get(self, path: str, name: str) -> Any:
         with self.client.get(
-            path, headers={**_auth(), **_connection()}, name=name, catch_response=True
+            path.format(random.choice(FINISHED)),
+            headers={**_auth(), **_connection()},
+            name=name,
+            catch_response=True,
         ) as got:
             _failed(got, 200)

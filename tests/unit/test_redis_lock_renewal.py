@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from typing import Any
 
 import pytest
@@ -18,7 +19,8 @@ from uploader.uploads.redis_locks import RedisLocker
 
 
 async def test_a_hold_ends_even_when_a_renewal_swallows_its_cancellation(redis_url: str) -> None:
-    locker = RedisLocker(redis_url, f"test-{secrets.token_hex(4)}", timeout=2, lease_seconds=1.0)
+    lease = 5.0  # renewed every second
+    locker = RedisLocker(redis_url, f"test-{secrets.token_hex(4)}", timeout=2, lease_seconds=lease)
     await locker.start()
     real_renew = locker._renew
     renewing = asyncio.Event()
@@ -35,17 +37,22 @@ async def test_a_hold_ends_even_when_a_renewal_swallows_its_cancellation(redis_u
 
     locker._renew = renew_that_loses_a_cancellation  # type: ignore[method-assign]
 
+    left_at: list[float] = []
+
     async def hold_and_leave() -> None:
         async with locker.hold("upload-1"):
             await renewing.wait()  # leave while a renewal is under way
+            left_at.append(time.monotonic())
 
     try:
         # (Not asyncio.timeout: a hold stuck in its exit would not answer its cancellation.)
         leaving = asyncio.create_task(hold_and_leave())
-        done, _ = await asyncio.wait({leaving}, timeout=10)
+        done, _ = await asyncio.wait({leaving}, timeout=3 * lease)
         if not done:
             failed = True
             pytest.fail("the hold never ended")
+        # The renewer saw the hold end at its next turn: the exit did not wait out a lease.
+        assert time.monotonic() - left_at[0] < lease / 2
         assert not await locker.redis.exists(locker._key("upload-1")), "the lease outlived its hold"
         async with asyncio.timeout(1), locker.hold("upload-1", patience=0.1):
             pass  # free at once for the next writer

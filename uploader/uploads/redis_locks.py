@@ -144,16 +144,15 @@ class RedisLocker:
             holder.generation = int(generation)
             holder.valid_until = sent + self.lease_seconds * _SAFE_SHARE
             self._leased[upload_id] = holder
-            released = asyncio.Event()
-            renewer = asyncio.create_task(self._keep(key, token, holder, released))
+            renewer = asyncio.create_task(self._keep(upload_id, key, token, holder))
             try:
                 yield holder
             finally:
+                # Leaving ``_leased`` ends the renewer too, not only its cancellation: on
+                # Python 3.11 the Redis client's asyncio.wait_for drops a cancellation that
+                # comes as a command completes, and a renewer left running held the upload
+                # for good.
                 self._leased.pop(upload_id, None)
-                # The event, not only the cancellation, ends the renewer: on Python 3.11 the
-                # Redis client's asyncio.wait_for drops a cancellation that comes as a
-                # command completes, and a renewer left running held the upload for good.
-                released.set()
                 renewer.cancel()
                 try:
                     await asyncio.wait({renewer}, timeout=self.lease_seconds)
@@ -161,12 +160,12 @@ class RedisLocker:
                     with contextlib.suppress(RedisError):  # otherwise the lease simply runs out
                         await self._release(keys=[key], args=[token])
 
-    async def _keep(self, key: str, token: str, holder: LockHolder, released: asyncio.Event) -> None:
-        """Extends the lease while the request runs; a crashed process's lease runs out."""
+    async def _keep(self, upload_id: str, key: str, token: str, holder: LockHolder) -> None:
+        """Extends the lease while the request holds it; a crashed process's lease runs out."""
         while True:
             await asyncio.sleep(self.lease_seconds / 5)
-            if released.is_set():
-                return
+            if self._leased.get(upload_id) is not holder:
+                return  # released
             sent = time.monotonic()
             try:
                 renewed = await self._renew(keys=[key], args=[token, self.lease_ms])

@@ -109,7 +109,7 @@ def test_schemathesis_finds_no_server_error_and_no_departure_from_the_document(t
                 f"{server.url}/openapi.json",
                 "--phases=examples,coverage,fuzzing,stateful",
                 f"--checks={','.join(checks)}",
-                "--max-time=45",
+                "--max-time=60",
                 "--seed=20261203",
                 "--request-timeout=10",
                 "--header",

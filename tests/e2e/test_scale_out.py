@@ -38,6 +38,7 @@ from tests.support import (
     LiveServer,
     WorkerProcess,
     s3_celery_env,
+    spawn_uploader,
     start_server,
     stop_process,
 )
@@ -71,9 +72,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str, redis_ur
         env = {
             **s3_celery_env(database_url, redis_settings, s3_endpoint, prefix),
             "UPLOADER_TRUSTED_PROXIES": '["127.0.0.1"]',
+            "UPLOADER_CLEANUP_INTERVAL_SECONDS": "5",
         }
         apis = [start_server(root / f"api{i}", **env) for i in range(3)]
         worker = WorkerProcess(root / "worker.log", {**os.environ, **apis[0].env})
+        # Beat, as a deployment runs it: an upload the killed process recorded as received
+        # but never sent to the workers is sent again a minute later.
+        beat_env = {**os.environ, **apis[0].env, "UPLOADER_DATA_DIR": str(root / "beat")}
+        beat = spawn_uploader(["beat"], beat_env, root / "beat.log")
         proxy_root = root / "proxy"
         proxy_root.mkdir()
         proxy = haproxy_in_front(proxy_root, apis)
@@ -90,6 +96,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str, redis_ur
             yield Cluster(apis, worker, proxy, settings)
         finally:
             stop_process(proxy.process)
+            stop_process(beat)
             worker.stop()
             for api in apis:
                 api.stop()
@@ -288,16 +295,18 @@ def test_uploads_through_three_processes_survive_a_killed_one(cluster: Cluster, 
     assert len(done) == UPLOADS + len(parallel_files)
 
     # Every upload ends ready, whole: the sha256 the worker found is that of the bytes sent.
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180  # a lost task is sent again after a minute
     pending = set(done)
+    states: dict[str, str] = {}
     while pending:
         for upload_id in list(pending):
             status = httpx.get(f"{cluster.proxy.url}/api/v1/uploads/{upload_id}", timeout=30).json()
+            states[upload_id] = status["state"]
             assert status["state"] != "failed", status
             if status["state"] == "ready":
                 assert status["sha256"] == hashlib.sha256(done[upload_id]).hexdigest(), upload_id
                 pending.discard(upload_id)
-        assert time.monotonic() < deadline, f"{len(pending)} uploads not ready"
+        assert time.monotonic() < deadline, f"not ready: {[(u, states.get(u)) for u in pending]}"
         time.sleep(0.5)
 
     # Server errors only from the killed process's moment (what it had in flight).

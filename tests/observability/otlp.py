@@ -98,16 +98,26 @@ class OtlpReceiver:
             return [span for span in self.spans if span.attributes.get(attribute) == value]
 
     def wait_for(self, trace_id: str, names: set[str], seconds: float = 30) -> list[ReceivedSpan]:
-        """The trace's spans, once spans of every one of ``names`` arrived."""
+        """The trace's spans, once spans of every one of ``names`` arrived and the tree is whole.
+
+        A parent ends, and so is exported, after its children: a child can arrive in one
+        batch and its parent in a later one. The tree is whole when every span's parent
+        has arrived too.
+        """
         deadline = time.monotonic() + seconds
         while True:
             spans = self.trace(trace_id)
             missing = names - {span.name for span in spans}
-            if not missing:
+            present = {span.span_id for span in spans}
+            orphans = sorted(
+                {span.name for span in spans if span.parent_id and span.parent_id not in present}
+            )
+            if not missing and not orphans:
                 return spans
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"spans {sorted(missing)} never arrived; got {sorted({s.name for s in spans})}"
+                    f"spans {sorted(missing)} never arrived, and the parents of {orphans} never did;"
+                    f" got {sorted({s.name for s in spans})}"
                 )
             time.sleep(0.1)
 

@@ -12,6 +12,8 @@ from starlette.types import ASGIApp
 
 from uploader import __version__, openapi
 from uploader.auth.dependencies import Authenticator
+from uploader.direct.router import router as direct_router
+from uploader.direct.service import DirectUploads, settle_pending_loop
 from uploader.downloads.router import router as downloads_router
 from uploader.events.router import router as events_router
 from uploader.health.router import router as health_router
@@ -118,6 +120,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db = runtime.db
         app.state.uploads = service
         app.state.runtime = runtime
+        direct = app.state.direct = DirectUploads(service, runtime.direct_s3)
+        settling = (
+            asyncio.create_task(settle_pending_loop(direct, settings.s3_direct_poll_seconds))
+            if runtime.direct_s3 is not None
+            else None
+        )
         if runtime.processor is not None:
             await runtime.processor.resume_pending()
         # With Celery, beat sweeps; the embedded default sweeps here.
@@ -136,10 +144,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             service.locker.interrupt_all()
-            if cleanup is not None:
-                cleanup.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await cleanup
+            for task in (cleanup, settling):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await runtime.close()
             tracing.flush()
 
@@ -162,6 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tus_router)
     app.include_router(uploads_router)
     app.include_router(forms_router)
+    app.include_router(direct_router)
     app.include_router(downloads_router)
     app.include_router(events_router)
     app.include_router(usage_router)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from uploader.db.engine import Database
 from uploader.events.bus import EventBus, LocalEventBus
@@ -24,6 +26,9 @@ from uploader.uploads.locks import LocalLocker, UploadLocker
 from uploader.uploads.service import UploadService
 from uploader.webhooks.delivery import OutboxDispatcher, WebhookingEventBus
 
+if TYPE_CHECKING:
+    from uploader.storage.s3_direct import DirectS3
+
 
 @dataclass
 class Runtime:
@@ -37,6 +42,7 @@ class Runtime:
     processor: Processor | None
     webhooks: OutboxDispatcher | None = None  # delivers the outbox (webhooks configured)
     webhook_loop: asyncio.Task[None] | None = None  # the embedded default's dispatcher
+    direct_s3: DirectS3 | None = None  # direct uploads' signing, on S3 in an API process
 
     @classmethod
     async def start(
@@ -96,7 +102,27 @@ class Runtime:
         service = UploadService(
             settings, db, store, locker, processor=processor, events=events, admission=admission, hooks=hooks
         )
-        return cls(settings, db, store, events, locker, pipeline, service, processor, webhooks, webhook_loop)
+        direct_s3 = None
+        if serves_requests and urlsplit(settings.resolved_storage_url).scheme == "s3":
+            from uploader.storage.s3 import S3Store
+            from uploader.storage.s3_direct import DirectS3
+
+            assert isinstance(store, S3Store)
+            direct_s3 = DirectS3(store, settings.s3_public_endpoint_url, settings.s3_direct_sign_seconds)
+            await direct_s3.start()
+        return cls(
+            settings,
+            db,
+            store,
+            events,
+            locker,
+            pipeline,
+            service,
+            processor,
+            webhooks,
+            webhook_loop,
+            direct_s3,
+        )
 
     async def close(self) -> None:
         self.locker.interrupt_all()
@@ -108,6 +134,8 @@ class Runtime:
             await self.service.hooks.close()
         if self.processor is not None:
             await self.processor.close()
+        if self.direct_s3 is not None:
+            await self.direct_s3.close()
         await self.store.close()
         await self.events.close()
         await self.locker.close()

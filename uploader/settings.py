@@ -72,6 +72,24 @@ class Settings(BaseSettings):
         default=False, description="Downloads redirect to a short-lived presigned S3 URL."
     )
     s3_presign_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    s3_public_endpoint_url: str | None = Field(
+        default=None,
+        description="Where clients reach S3, for the URLs direct uploads are signed for; "
+        "unset means the S3 endpoint.",
+    )
+    s3_direct_sign_seconds: int = Field(
+        default=3600, ge=60, le=7 * 24 * 3600, description="How long a direct upload's signed URLs work."
+    )
+    s3_direct_poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often unfinished direct uploads are checked for their object in S3.",
+    )
+    s3_events_token: SecretStr | None = Field(
+        default=None,
+        description="Enables POST /s3/events (S3 or MinIO event notifications), which must "
+        "then send Authorization: Bearer <this token>.",
+    )
     redis_url: str | None = Field(
         default=None, description="redis://host:6379/0 for the full stack; unset means in-process."
     )

@@ -288,3 +288,115 @@ def test_the_console_lists_follows_and_deletes_with_a_token(
     bare.wait_for_function("() => document.body.dataset.ready === 'true'")
     assert "token" in bare.locator("#notice").inner_text()
     bare.close()
+
+
+# --------------------------------------------------------------------------- Uppy's S3 plugin
+
+AWS_S3_PAGE = """<!doctype html>
+<html><head><link rel="stylesheet" href="uppy.min.css"></head>
+<body><div id="widget"></div><pre id="result"></pre><pre id="errors"></pre>
+<script type="module">
+import { AwsS3, Dashboard, Uppy } from './uppy.min.mjs'
+const done = []
+new Uppy({ autoProceed: true })
+  .use(Dashboard, { inline: true, target: '#widget' })
+  .use(AwsS3, {
+    companionEndpoint: '__API__',
+    shouldUseMultipart: (file) => file.size > 6 * 1024 * 1024,
+    getChunkSize: () => 5 * 1024 * 1024,
+  })
+  .on('upload-success', (file, response) => {
+    done.push({ name: file.name, uploadURL: response.uploadURL, body: response.body })
+    document.getElementById('result').textContent = JSON.stringify(done)
+  })
+  .on('upload-error', (file, error) => {
+    document.getElementById('errors').textContent += `${file.name}: ${error}\\n`
+  })
+  .on('s3-multipart:part-uploaded', (file, part) => {
+    window.parts = [...(window.parts || []), [file.name, part.PartNumber]]
+  })
+</script></body></html>
+"""
+
+
+@pytest.fixture
+def s3_server(tmp_path: Path, s3_endpoint: str) -> Iterator[LiveServer]:
+    """The embedded default storing in moto's S3 server, whose bucket lets browsers PUT
+    and read the ETag, as a bucket that takes direct uploads must."""
+    from tests.support import S3_TEST_BUCKET, S3_TEST_ENV, s3_client, start_server
+
+    s3_client(s3_endpoint).put_bucket_cors(
+        Bucket=S3_TEST_BUCKET,
+        CORSConfiguration={
+            "CORSRules": [
+                {
+                    "AllowedOrigins": ["*"],
+                    "AllowedMethods": ["GET", "PUT", "POST"],
+                    "AllowedHeaders": ["*"],
+                    "ExposeHeaders": ["ETag"],
+                }
+            ]
+        },
+    )
+    server = start_server(
+        tmp_path / "s3-server",
+        **S3_TEST_ENV,
+        UPLOADER_STORAGE_URL=f"s3://{S3_TEST_BUCKET}/browser-{tmp_path.name[-8:]}",
+        UPLOADER_S3_ENDPOINT_URL=s3_endpoint,
+        UPLOADER_S3_DIRECT_POLL_SECONDS="0.5",
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_uppy_aws_s3_uploads_straight_to_the_bucket_single_and_multipart(
+    s3_server: LiveServer, browser: Any, tmp_path: Path
+) -> None:
+    site = tmp_path / "s3-site"
+    site.mkdir()
+    for name in ("uppy.min.mjs", "uppy.min.css"):
+        shutil.copy(VENDOR / name, site / name)
+    (site / "index.html").write_text(AWS_S3_PAGE.replace("__API__", s3_server.url))
+    static = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(site))
+    )
+    threading.Thread(target=static.serve_forever, daemon=True).start()
+    small = random_file(tmp_path / "small.bin", 700_001)
+    large = random_file(tmp_path / "large.bin", 11 * 1024 * 1024 + 5)
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(f"http://127.0.0.1:{static.server_address[1]}/index.html")
+        page.locator(".uppy-Dashboard-input").first.set_input_files([str(small), str(large)])
+        page.wait_for_function(
+            "() => document.getElementById('result').textContent.split('name').length === 3"
+            " || document.getElementById('errors').textContent.length > 0",
+            timeout=60_000,
+        )
+        assert page.locator("#errors").inner_text() == ""
+        assert errors == []
+        done = {item["name"]: item for item in json.loads(page.locator("#result").inner_text())}
+        parts = page.evaluate("() => window.parts || []")
+    finally:
+        page.close()
+        static.shutdown()
+        static.server_close()
+    assert set(done) == {"small.bin", "large.bin"}
+    # The large file went in three parts of 5, 5 and 1 MiB; the small one in one POST.
+    assert sorted(parts) == [["large.bin", 1], ["large.bin", 2], ["large.bin", 3]]
+    uploads = {u["filename"]: u for u in httpx.get(f"{s3_server.url}/api/v1/uploads").json()["items"]}
+    for source in (small, large):
+        upload = uploads[source.name]
+        assert upload["protocol"] == "s3-direct"
+        deadline = 30.0
+        while upload["state"] not in ("ready", "failed") and deadline > 0:
+            threading.Event().wait(0.2)
+            deadline -= 0.2
+            upload = httpx.get(f"{s3_server.url}/api/v1/uploads/{upload['id']}").json()
+        assert upload["state"] == "ready", upload
+        assert upload["length"] == source.stat().st_size
+        content = httpx.get(f"{s3_server.url}{upload['links']['content']}").content
+        assert content == source.read_bytes()

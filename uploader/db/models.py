@@ -118,6 +118,8 @@ uploads = Table(
     # Its bytes were removed although the row stays (a type the token did not allow):
     # they no longer count against the owner's quota, and downloads are refused.
     Column("bytes_removed", Boolean, nullable=False, server_default=false()),
+    # How it came: tus, ietf, form or s3-direct (null for uploads made before it was kept).
+    Column("protocol", String(16), nullable=True),
     # Pruning tombstones: terminated and expired rows by age.
     Index("ix_uploads_state_updated_at", "state", "updated_at"),
     # Quota: what an owner holds.
@@ -219,6 +221,7 @@ class Upload:
     allowed_types: list[str] | None = None
     size_limit: int | None = None
     bytes_removed: bool = False
+    protocol: str | None = None
     seq: int | None = None
     # Not a column: a completion of this request's, stored whole and held back for the
     # pre-finish hook (``uploads.core.AwaitingFinish``).

@@ -150,6 +150,7 @@ async def upload_events(
     )
     if upload.state == UploadState.TERMINATED:
         raise ProblemError("upload.not_found")
+    upload = await request.app.state.direct.settle_on_read(upload)
     finished = upload.state if upload.state in FINISHED else None
     return _response(request, upload.owner, upload.id, _after(last_event_id or since), finished)
 

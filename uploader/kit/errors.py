@@ -65,6 +65,10 @@ ERRORS: dict[str, ErrorKind] = {
     "upload.locked": ErrorKind(423, "Upload is in use by another request"),
     "upload.incomplete": ErrorKind(409, "Upload is not complete yet"),
     "upload.processing": ErrorKind(409, "Upload is being processed"),
+    "upload.direct": ErrorKind(409, "This upload's bytes go to S3 directly, not through this API"),
+    "direct.needs_s3": ErrorKind(404, "Direct uploads need S3 storage"),
+    "direct.parts_invalid": ErrorKind(400, "The parts to complete are malformed or not all stored"),
+    "direct.object_missing": ErrorKind(409, "S3 holds no object for this upload yet"),
     "processing.disabled": ErrorKind(409, "Processing is turned off on this server"),
     "variant.not_found": ErrorKind(404, "No such variant"),
     "form.invalid": ErrorKind(400, "The multipart/form-data body is malformed"),
@@ -157,6 +161,8 @@ def problem_response(
         "request_id": current_request_id.get(),
         **(members or {}),
     }
+    if request.url.path.startswith("/s3/"):
+        body["error"] = detail  # the Companion routes: what @uppy/aws-s3 expects of an error
     all_headers = dict(headers or {})
     tus_path: str = getattr(request.app.state, "tus_path", "/files/")
     if request.url.path.startswith(tus_path.rstrip("/")):

@@ -45,6 +45,8 @@ RECORD_RETRY_SECONDS = 15.0
 HEAD_SETTLE_SECONDS = 2.0
 # After a lease, how long a part that a stale writer had already sent may take to land.
 STALE_WRITE_MARGIN_SECONDS = 2.0
+# The protocol of uploads whose bytes the client sends to S3 itself (uploader/direct/).
+DIRECT_PROTOCOL = "s3-direct"
 T = TypeVar("T")
 
 

@@ -236,3 +236,20 @@ def storage_keys_in_use(connection: Connection, keys: Sequence[str]) -> set[str]
     tombstone whose bytes its removal takes care of)."""
     rows = connection.execute(select(_c.storage_key).where(_c.storage_key.in_(list(keys))))
     return {row.storage_key for row in rows}
+
+
+def by_storage_key(connection: Connection, storage_key: str) -> Upload | None:
+    row = connection.execute(select(_uploads).where(_c.storage_key == storage_key).limit(1)).first()
+    return _upload_of(row) if row is not None else None
+
+
+def awaiting_object(connection: Connection, protocol: str, limit: int) -> list[Upload]:
+    """Uploads of ``protocol`` still receiving, oldest first: direct uploads whose object
+    may have landed in S3 since."""
+    query = (
+        select(_uploads)
+        .where(_c.state == UploadState.RECEIVING, _c.protocol == protocol)
+        .order_by(_c.seq)
+        .limit(limit)
+    )
+    return _uploads_of(connection, query)

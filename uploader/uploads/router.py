@@ -59,6 +59,7 @@ async def upload_status(request: Request, upload_id: str, principal: Reading) ->
     upload = await service.get(principal.owner_filter, checked_upload_id(upload_id), allow_gone=True)
     if upload.state == "terminated":
         raise ProblemError("upload.not_found")
+    upload = await request.app.state.direct.settle_on_read(upload)
     return UploadStatus.of(upload, request.app.state.settings.tus_path)
 
 

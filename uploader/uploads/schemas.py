@@ -61,6 +61,9 @@ class UploadStatus(BaseModel):
     detected_type: str | None = Field(description="What the bytes show, found by processing")
     type_mismatch: bool = Field(description="The declared type does not fit the detected one")
     concat: str
+    protocol: str | None = Field(
+        description="How it came: tus, ietf, form or s3-direct (null for uploads older than this field)"
+    )
     created_at: datetime
     updated_at: datetime
     expires_at: datetime | None
@@ -91,6 +94,7 @@ class UploadStatus(BaseModel):
             type_mismatch=upload.detected_type is not None
             and not types_agree(upload.declared_type, upload.detected_type),
             concat=upload.concat_role,
+            protocol=upload.protocol,
             created_at=upload.created_at,
             updated_at=upload.updated_at,
             expires_at=upload.expires_at,

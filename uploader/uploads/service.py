@@ -8,6 +8,7 @@ in storage, and advances during a long write too (checkpoints).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -29,6 +30,7 @@ from uploader.uploads import repository
 from uploader.uploads.body import BodyTooLong, RequestBody
 from uploader.uploads.concatenation import Concatenation
 from uploader.uploads.core import (
+    DIRECT_PROTOCOL,
     MAX_RUNNING_DIGESTS,
     Checksum,
     ReceivedFile,
@@ -68,9 +70,12 @@ class UploadService(Concatenation, Removal):
         concat_parts: list[str] | None = None,
         *,
         admitted: Admitted | None = None,
+        state: UploadState = UploadState.CREATED,
+        begin: Callable[[Upload], Awaitable[object]] | None = None,
     ) -> Upload:
         """A new upload of ``principal``'s, within its limits (``admitted``: already
-        checked by the caller)."""
+        checked by the caller). ``begin``: what starts its storage, given the new upload,
+        when the bytes do not come through this server (direct uploads to S3)."""
         if length is not None and length > self.settings.max_upload_size:
             raise ProblemError("upload.too_large", f"Upload-Length exceeds {self.settings.max_upload_size}")
         if admitted is None:
@@ -82,7 +87,7 @@ class UploadService(Concatenation, Removal):
         upload = Upload(
             id=upload_id,
             owner=principal.name,
-            state=UploadState.CREATED,
+            state=state,
             length=length,
             offset=0,
             storage_key=new_storage_key(),
@@ -99,10 +104,12 @@ class UploadService(Concatenation, Removal):
             completed_at=None,
             allowed_types=admitted.allowed_types,
             size_limit=admitted.size_limit,
+            protocol=metrics.current_protocol.get(),
         )
         if concat_role != ConcatRole.PARTIAL:  # a part is a piece of a file: its final is asked
             await self.before_create(upload)
-        await self._storage(self.store.create(upload.storage_key, length))
+        started = begin(upload) if begin else self.store.create(upload.storage_key, length)
+        await self._storage(started)
         try:
             await self.db.run(
                 partial(self._insert_admitted, principal=principal, admitted=admitted, new=[upload])
@@ -110,7 +117,7 @@ class UploadService(Concatenation, Removal):
         except ProblemError:
             await self._discard_stored(upload.storage_key)
             raise
-        if self._unwritten is not None and concat_role != ConcatRole.FINAL and length != 0:
+        if self._unwritten is not None and begin is None and concat_role != ConcatRole.FINAL and length != 0:
             self._unwritten[upload_id] = upload
             while len(self._unwritten) > MAX_RUNNING_DIGESTS:
                 self._unwritten.popitem(last=False)
@@ -173,6 +180,7 @@ class UploadService(Concatenation, Removal):
                 completed_at=now,
                 allowed_types=admitted.allowed_types,
                 size_limit=admitted.size_limit,
+                protocol="form",
             )
             for file in files
         ]
@@ -238,6 +246,8 @@ class UploadService(Concatenation, Removal):
             try:
                 if upload.concat_role == ConcatRole.FINAL:
                     raise ProblemError("upload.final_immutable", "PATCH is not allowed on a final upload")
+                if upload.protocol == DIRECT_PROTOCOL:
+                    raise ProblemError("upload.direct")
                 if declared_length is not None:
                     await self._declare_length(upload, declared_length, holder.generation)
                 if offset != upload.offset:

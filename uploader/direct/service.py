@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +38,8 @@ log = get_logger(__name__)
 MAX_METADATA_PAIRS = 64
 MAX_PARTS = 10_000
 PENDING_BATCH = 500
+PROGRESS_INTERVAL_SECONDS = 1.0
+MAX_TRACKED = 10_000
 
 
 class _StoredWhole:
@@ -49,6 +53,8 @@ class DirectUploads:
     def __init__(self, service: UploadService, s3: DirectS3 | None) -> None:
         self.service = service
         self.s3 = s3
+        # When this process last listed an upload's parts for its progress.
+        self._listed_at: OrderedDict[str, float] = OrderedDict()
 
     @property
     def _s3(self) -> DirectS3:
@@ -148,7 +154,13 @@ class DirectUploads:
         self._receiving(upload)
         if not 1 <= number <= MAX_PARTS:
             raise ProblemError("request.invalid", f"part numbers run from 1 to {MAX_PARTS}")
-        if number > 1:  # the parts before it are stored: that much has arrived
+        # The parts before it are stored: that much has arrived. Listed at most once a
+        # second an upload (a listing per part would cost more than the signing).
+        now = time.monotonic()
+        if number > 1 and now - self._listed_at.get(upload.id, 0.0) >= PROGRESS_INTERVAL_SECONDS:
+            self._listed_at[upload.id] = now
+            while len(self._listed_at) > MAX_TRACKED:
+                self._listed_at.popitem(last=False)
             await self._progress(upload, await self._s3.parts(upload.storage_key, multipart_id))
         return await self._s3.part_url(upload.storage_key, multipart_id, number)
 

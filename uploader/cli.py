@@ -229,6 +229,11 @@ def _client_commands(commands: Any) -> None:
     upload.add_argument("--chunk-size", default="8MiB", help="bytes per request (default 8MiB)")
     upload.add_argument("--parallel", type=int, default=1, help="parts sent at once, joined by concatenation")
     upload.add_argument("--watch", action="store_true", help="then follow processing until it ends")
+    upload.add_argument(
+        "--dedup",
+        action="store_true",
+        help="hash each file first and send nothing the server already holds (Repr-Digest)",
+    )
     status = commands.add_parser("status", parents=[common], help="print an upload's status as JSON")
     status.add_argument("upload", metavar="ID", help="upload id or URL")
     watch = commands.add_parser(
@@ -254,7 +259,9 @@ def _run_client(args: argparse.Namespace) -> int:
             client.stderr.print(f"[red]error[/]: {exc}")
             return 2
         return client.run(
-            lambda: client.upload(args.files, server, chunk_size, args.parallel, args.watch, args.api_key)
+            lambda: client.upload(
+                args.files, server, chunk_size, args.parallel, args.watch, args.api_key, dedup=args.dedup
+            )
         )
     if args.command == "status":
         return client.run(lambda: client.status(args.upload, server, args.api_key))

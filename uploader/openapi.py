@@ -129,6 +129,12 @@ UPLOAD_CHECKSUM = _parameter(
     "The algorithm and base64 digest of this request's bytes (a mismatch is 460).",
     {"type": "string", "pattern": f"^({'|'.join(CHECKSUM_ALGORITHMS)}) [A-Za-z0-9+/]+={{0,2}}$"},
 )
+REPR_DIGEST = _parameter(
+    "Repr-Digest",
+    "The whole file's SHA-256 (RFC 9530), with Upload-Length: a file its owner already holds "
+    "is complete at once (deduplicated); the bytes sent otherwise must match it.",
+    {"type": "string", "pattern": "^sha-256=:[A-Za-z0-9+/]{43}=:$"},
+)
 X_REQUEST_ID = {
     "name": "X-Request-ID",
     "in": "header",
@@ -200,6 +206,7 @@ def _tus_operations(tus_path: str) -> dict[tuple[str, str], dict[str, Any]]:
                 UPLOAD_METADATA,
                 UPLOAD_CONCAT,
                 UPLOAD_CHECKSUM,
+                REPR_DIGEST,
                 DRAFT_VERSION,
                 UPLOAD_COMPLETE,
             ],

@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     upload_ttl_seconds: int = Field(
         default=24 * 3600, gt=0, description="Unfinished uploads expire this long after their last write."
     )
+    dedup: Literal["owner", "off"] = Field(
+        default="owner",
+        description="A creation that declares the file's SHA-256 (Repr-Digest) completes at once "
+        "when its owner already holds a ready upload of those bytes, which it then shares; off: never.",
+    )
     cleanup_interval_seconds: float = Field(default=60.0, gt=0)
     orphan_grace_seconds: float = Field(
         default=86400.0, gt=0, description="Stored bytes no upload row names are removed once this old."

@@ -112,3 +112,34 @@ def test_errors_fit_scripts(live_server: LiveServer, tmp_path: Path) -> None:
     assert unreachable.returncode == 3
     bad_size = cli(env, "upload", str(tmp_path), "--chunk-size", "lots")
     assert bad_size.returncode == 2
+
+
+def test_dedup_sends_nothing_the_server_already_holds(live_server: LiveServer, tmp_path: Path) -> None:
+    source = random_file(tmp_path / "film.bin", 12 * MiB + 7)
+    env = cli_env(live_server, tmp_path)
+    first = cli(env, "upload", "--dedup", "--watch", str(source))
+    assert first.returncode == 0, first.stderr
+    first_id = first.stdout.strip().splitlines()[0].rsplit("/", 1)[-1]
+    second = cli(env, "upload", "--dedup", str(source))
+    assert second.returncode == 0, second.stderr
+    assert "already on the server" in second.stderr
+    second_id = second.stdout.strip().rsplit("/", 1)[-1]
+    assert second_id != first_id
+    status = httpx.get(f"{live_server.url}/api/v1/uploads/{second_id}").json()
+    assert status["state"] == "ready"
+    assert status["sha256"] == sha256_of(source.read_bytes())
+    # Nothing was sent: the server received the file's bytes once, for the first upload.
+    metrics = httpx.get(f"{live_server.url}/metrics").text
+    received = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("uploader_bytes_received_total")
+    )
+    assert received == source.stat().st_size
+    # Another file is a miss, and goes up as usual.
+    other = random_file(tmp_path / "other.bin", 3 * MiB)
+    third = cli(env, "upload", "--dedup", str(other))
+    assert third.returncode == 0, third.stderr
+    third_id = third.stdout.strip().rsplit("/", 1)[-1]
+    content = httpx.get(f"{live_server.url}/api/v1/uploads/{third_id}/content").content
+    assert content == other.read_bytes()

@@ -8,6 +8,7 @@ reached, 130 interrupted (run the same command again to resume).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mimetypes
 import os
@@ -37,6 +38,7 @@ from uploader.client.tus import ClientError, Part, ResumeStore, TusClient, finge
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 3, 130
 MIN_PART = 5 * 1024 * 1024  # smaller files go up in one part, whatever --parallel says
 RETRIES = 5
+HASH_BLOCK = 4 * 1024 * 1024
 _ID = re.compile(r"([0-9a-f]{32})/?(?:[?#].*)?$")
 TERMINAL = {"upload.ready", "upload.failed", "upload.expired", "upload.terminated"}
 
@@ -102,7 +104,13 @@ def run(action: Callable[[], int]) -> int:
 
 
 def upload(
-    files: list[Path], server: str, chunk_size: int, parallel: int, watch: bool, api_key: str | None
+    files: list[Path],
+    server: str,
+    chunk_size: int,
+    parallel: int,
+    watch: bool,
+    api_key: str | None,
+    dedup: bool = False,
 ) -> int:
     for path in files:
         if not path.is_file():
@@ -113,7 +121,7 @@ def upload(
     try:
         with _progress() as bars:
             for path in files:
-                url = _upload_one(client, store, bars, path, chunk_size, parallel)
+                url = _upload_one(client, store, bars, path, chunk_size, parallel, dedup)
                 print(url, flush=True)
                 if watch and _watch(client.http, server, upload_id_of(url)) != "ready":
                     failed = True
@@ -122,8 +130,28 @@ def upload(
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _sha256_of(path: Path, bars: Progress) -> bytes:
+    """The file's SHA-256, read in large blocks (hashlib releases the GIL), with a bar."""
+    digest = hashlib.sha256()
+    block = bytearray(HASH_BLOCK)
+    view = memoryview(block)
+    task = bars.add_task(f"hashing {path.name}", total=path.stat().st_size)
+    with open(path, "rb", buffering=0) as source:
+        while count := source.readinto(block):
+            digest.update(view[:count])
+            bars.advance(task, count)
+    bars.remove_task(task)
+    return digest.digest()
+
+
 def _upload_one(
-    client: TusClient, store: ResumeStore, bars: Progress, path: Path, chunk_size: int, parallel: int
+    client: TusClient,
+    store: ResumeStore,
+    bars: Progress,
+    path: Path,
+    chunk_size: int,
+    parallel: int,
+    dedup: bool = False,
 ) -> str:
     size = path.stat().st_size
     parallel = max(1, min(parallel, size // MIN_PART or 1))
@@ -133,6 +161,15 @@ def _upload_one(
         "filetype": mimetypes.guess_type(path.name)[0] or "application/octet-stream",
     }
     saved: dict[str, Any] = store.get(key) or {}
+    probe: tuple[str, int] | None = None
+    if dedup and not saved:  # resuming means the server did not have it
+        probe = client.create_declared(size, metadata, _sha256_of(path, bars))
+        if probe[1] == size:
+            stderr.print(f"{path.name}: already on the server, nothing to send")
+            return probe[0]
+        if parallel > 1:  # the parts are uploads of their own: this one is not needed
+            client.terminate(probe[0])
+            probe = None
     task = bars.add_task(path.name, total=size)
     done = [0] * parallel
     lock = threading.Lock()
@@ -146,7 +183,7 @@ def _upload_one(
         return update
 
     if parallel == 1:
-        url, offset = _resume_or_create(client, saved.get("url"), size, metadata, None)
+        url, offset = probe or _resume_or_create(client, saved.get("url"), size, metadata, None)
         store.put(key, {"url": url})
         _send_with_retries(client, path, Part(0, size, url), offset, chunk_size, tracker(0))
     else:

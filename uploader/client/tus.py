@@ -115,6 +115,23 @@ class TusClient:
         )
         return str(httpx.URL(self.server).join(response.headers["Location"]))
 
+    def create_declared(self, length: int, metadata: dict[str, str], sha256: bytes) -> tuple[str, int]:
+        """An upload that declares the whole file's SHA-256 (``Repr-Digest``); its URL and
+        offset, which is the length when the server already held the file (deduplicated)."""
+        headers = {
+            "Upload-Length": str(length),
+            "Upload-Metadata": encode_metadata(metadata),
+            "Repr-Digest": f"sha-256=:{base64.b64encode(sha256).decode()}:",
+        }
+        response = self._check(
+            self.http.post(f"{self.server}/files/", headers=headers), "creating the upload"
+        )
+        url = str(httpx.URL(self.server).join(response.headers["Location"]))
+        return url, int(response.headers.get("Upload-Offset", "0"))
+
+    def terminate(self, url: str) -> None:
+        self._check(self.http.delete(url), "removing the upload")
+
     def concatenate(self, part_urls: list[str], metadata: dict[str, str]) -> str:
         headers = {
             "Upload-Concat": "final;" + " ".join(httpx.URL(u).path for u in part_urls),

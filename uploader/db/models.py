@@ -120,12 +120,17 @@ uploads = Table(
     Column("bytes_removed", Boolean, nullable=False, server_default=false()),
     # How it came: tus, ietf, form or s3-direct (null for uploads made before it was kept).
     Column("protocol", String(16), nullable=True),
+    # The SHA-256 the client declared for the whole file (Repr-Digest): the bytes must
+    # match it when the upload completes.
+    Column("declared_sha256", String(64), nullable=True),
     # Pruning tombstones: terminated and expired rows by age.
     Index("ix_uploads_state_updated_at", "state", "updated_at"),
     # Quota: what an owner holds.
     Index("ix_uploads_owner_state", "owner", "state"),
     # The orphan sweep: which stored keys a row names.
     Index("ix_uploads_storage_key", "storage_key"),
+    # Deduplication: an owner's upload with this SHA-256.
+    Index("ix_uploads_owner_sha256", "owner", "sha256"),
 )
 
 api_keys = Table(
@@ -222,6 +227,7 @@ class Upload:
     size_limit: int | None = None
     bytes_removed: bool = False
     protocol: str | None = None
+    declared_sha256: str | None = None
     seq: int | None = None
     # Not a column: a completion of this request's, stored whole and held back for the
     # pre-finish hook (``uploads.core.AwaitingFinish``).

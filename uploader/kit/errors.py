@@ -65,6 +65,7 @@ ERRORS: dict[str, ErrorKind] = {
     "upload.locked": ErrorKind(423, "Upload is in use by another request"),
     "upload.incomplete": ErrorKind(409, "Upload is not complete yet"),
     "upload.processing": ErrorKind(409, "Upload is being processed"),
+    "upload.digest_invalid": ErrorKind(400, "Repr-Digest is malformed"),
     "upload.direct": ErrorKind(409, "This upload's bytes go to S3 directly, not through this API"),
     "direct.needs_s3": ErrorKind(404, "Direct uploads need S3 storage"),
     "direct.parts_invalid": ErrorKind(400, "The parts to complete are malformed or not all stored"),

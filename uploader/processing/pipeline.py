@@ -133,6 +133,8 @@ class Pipeline:
         computed while it arrived, and records with these columns), and a type that has no
         variants. The caller records them with the completion (the upload is ready at once)
         and then calls ``announce_processed``. None: the upload needs a full run."""
+        if upload.declared_sha256 is not None:
+            return None  # a full run, which checks the declared digest
         detected = self._detect(upload, head)
         if detected in IMAGE_TYPES or not self._allowed(upload, detected):
             return None  # a full run, which makes the variants (or refuses the type)
@@ -253,11 +255,21 @@ class Pipeline:
 
     async def _sha256(self, upload: Upload) -> StepResult:
         if upload.sha256 is not None:
-            return StepResult()  # computed while the bytes arrived
-        length = upload.length or 0
-        report = self._progress_reporter(upload, "sha256", length)
-        digest = await sha256_of(self._blocks(upload, 0, length), report)
-        return StepResult({"sha256": digest})
+            digest, result = upload.sha256, StepResult()  # computed while the bytes arrived
+        else:
+            length = upload.length or 0
+            report = self._progress_reporter(upload, "sha256", length)
+            digest = await sha256_of(self._blocks(upload, 0, length), report)
+            result = StepResult({"sha256": digest})
+        if upload.declared_sha256 is not None and digest != upload.declared_sha256:
+            # The client declared other bytes (Repr-Digest) than it sent: nothing of what
+            # it sent is kept, and nothing will ever be deduplicated against it.
+            raise StepFailed(
+                f"upload.digest_mismatch: the bytes' SHA-256 is {digest}, "
+                f"the declared one {upload.declared_sha256}",
+                remove_bytes=True,
+            )
+        return result
 
     async def _variants(self, upload: Upload) -> StepResult:
         pillow_format = IMAGE_TYPES.get(upload.detected_type or "")

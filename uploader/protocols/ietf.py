@@ -23,7 +23,7 @@ from uploader.auth.principal import Principal
 from uploader.db.models import Upload
 from uploader.kit.errors import ProblemError
 from uploader.observability.metrics import counted_as
-from uploader.protocols.tus_headers import parse_metadata
+from uploader.protocols.tus_headers import parse_metadata, parse_repr_digest
 from uploader.uploads.body import RequestBody, empty_body, has_body
 from uploader.uploads.dependencies import checked_upload_id, service_of
 from uploader.uploads.metadata import FILENAME_KEYS, TYPE_KEYS, encode_value
@@ -123,13 +123,14 @@ async def _create(request: Request, principal: Principal, version: str, location
             raise ProblemError("ietf.inconsistent_length", "Upload-Length and Content-Length disagree")
         length = content_length
     try:
-        upload = await service.create(principal, length, _metadata(request))
+        digest = parse_repr_digest(request.headers.get("repr-digest")) if length is not None else None
+        upload = await service.create(principal, length, _metadata(request), declared_sha256=digest)
     except ProblemError as exc:
         if exc.code == "upload.too_large":  # the draft wants the limits with a 413
             exc.headers["Upload-Limit"] = _limits(request, version)
         raise
     url = location + upload.id
-    if has_body(request.headers, content_length):
+    if has_body(request.headers, content_length) and not upload.is_complete:  # complete: deduplicated
         body = RequestBody(request.stream(), limit=0)
         upload = await service.append(principal.name, upload.id, 0, body, content_length=content_length)
         if body.disconnected or body.interrupted:

@@ -23,6 +23,7 @@ from uploader.protocols.tus_headers import (
     parse_checksum,
     parse_concat,
     parse_metadata,
+    parse_repr_digest,
     parse_uint,
 )
 from uploader.uploads.body import RequestBody, empty_body, has_body
@@ -126,8 +127,9 @@ def build_tus_router(tus_path: str) -> APIRouter:
             raise ProblemError("tus.header_invalid", "send Upload-Length or Upload-Defer-Length, not both")
         checksum = parse_checksum(headers.get("upload-checksum")) if with_body else None
         role = ConcatRole.PARTIAL if concat is not None else ConcatRole.NONE
-        upload = await service.create(principal, length, meta, role)
-        if with_body:
+        digest = parse_repr_digest(headers.get("repr-digest")) if length is not None else None
+        upload = await service.create(principal, length, meta, role, declared_sha256=digest)
+        if with_body and not upload.is_complete:  # complete: deduplicated, nothing to send
             body = RequestBody(request.stream(), limit=0)
             try:
                 upload = await service.append(

@@ -107,3 +107,27 @@ def parse_concat(value: str | None, tus_path: str) -> tuple[str, list[str]] | No
             raise ProblemError("tus.concat_invalid", "at most 1000 parts")
         return "final", [upload_id_from_url(u, tus_path) for u in urls]
     raise ProblemError("tus.concat_invalid", "Upload-Concat must be 'partial' or 'final;URLs'")
+
+
+_DIGEST_MEMBER = re.compile(r"^\s*([a-z0-9*_.-]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*(?:;.*)?$")
+
+
+def parse_repr_digest(value: str | None) -> str | None:
+    """The SHA-256 in a ``Repr-Digest`` field (RFC 9530: ``sha-256=:<base64>:``, maybe
+    beside other algorithms), as hex; None when the field is absent or names no SHA-256."""
+    if value is None:
+        return None
+    for member in value.split(","):
+        match = _DIGEST_MEMBER.match(member)
+        if match is None:
+            raise ProblemError("upload.digest_invalid", "Repr-Digest is not a dictionary of byte sequences")
+        if match.group(1) != "sha-256":
+            continue
+        try:
+            digest = base64.b64decode(match.group(2), validate=True)
+        except (binascii.Error, ValueError):
+            raise ProblemError("upload.digest_invalid", "the sha-256 of Repr-Digest is not base64") from None
+        if len(digest) != 32:
+            raise ProblemError("upload.digest_invalid", "a sha-256 digest has 32 bytes")
+        return digest.hex()
+    return None

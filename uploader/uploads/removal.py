@@ -57,17 +57,28 @@ class Removal(ServiceCore):
         if self._unwritten is not None:
             self._unwritten.pop(upload.id, None)
 
-        def record(s: Any) -> None:
+        def record(s: Any) -> bool:
+            """Gone; and whether another upload still uses the bytes (deduplication: the
+            same transaction, so a link to this upload either committed first and is
+            seen, or waits and finds this one gone)."""
             repository.set_fields(s, upload, state=state, expires_at=None)
+            return repository.shares_storage(s, upload)
 
         try:
-            await self.db.run(record)
+            shared = await self.db.run(record)
             recorded = True
         except StorageFull:
-            recorded = False  # a database on a full disk: the bytes go first, to make room
-        stored = await self.store.find(upload.storage_key)
-        if isinstance(stored, TerminatableUpload):
-            await self._storage(stored.terminate())
+            # A database on a full disk: the bytes go first, to make room, unless another
+            # upload uses them (or that cannot be read: then they stay).
+            recorded = False
+            try:
+                shared = await self.db.run(lambda s: repository.shares_storage(s, upload))
+            except Exception:
+                shared = True
+        if not shared:
+            stored = await self.store.find(upload.storage_key)
+            if isinstance(stored, TerminatableUpload):
+                await self._storage(stored.terminate())
         if not recorded:
             await self._storage(self.db.run(record))
         (metrics.UPLOADS_EXPIRED if state == UploadState.EXPIRED else metrics.UPLOADS_TERMINATED).inc()

@@ -253,3 +253,39 @@ def awaiting_object(connection: Connection, protocol: str, limit: int) -> list[U
         .limit(limit)
     )
     return _uploads_of(connection, query)
+
+
+def duplicate_of(connection: Connection, owner: str, sha256: str, length: int) -> Upload | None:
+    """An owner's ready upload of these bytes (its SHA-256 computed here), locked until the
+    caller's transaction ends: a removal waits for a link to it, or a link sees it gone."""
+    query = (
+        select(_uploads)
+        .where(
+            _c.owner == owner,
+            _c.sha256 == sha256,
+            _c.length == length,
+            _c.state == UploadState.READY,
+            _c.bytes_removed.is_(False),
+        )
+        .order_by(_c.seq)
+        .limit(1)
+        .with_for_update()
+    )
+    row = connection.execute(query).first()
+    return _upload_of(row) if row is not None else None
+
+
+def shares_storage(connection: Connection, upload: Upload) -> bool:
+    """Whether another upload that still has its bytes uses ``upload``'s stored object
+    (a deduplicated upload, or the one it was linked to)."""
+    query = (
+        select(_c.id)
+        .where(
+            _c.storage_key == upload.storage_key,
+            _c.id != upload.id,
+            _c.state.not_in([UploadState.TERMINATED, UploadState.EXPIRED]),
+            _c.bytes_removed.is_(False),
+        )
+        .limit(1)
+    )
+    return connection.execute(query).first() is not None

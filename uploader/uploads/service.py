@@ -72,10 +72,14 @@ class UploadService(Concatenation, Removal):
         admitted: Admitted | None = None,
         state: UploadState = UploadState.CREATED,
         begin: Callable[[Upload], Awaitable[object]] | None = None,
+        declared_sha256: str | None = None,
     ) -> Upload:
         """A new upload of ``principal``'s, within its limits (``admitted``: already
         checked by the caller). ``begin``: what starts its storage, given the new upload,
-        when the bytes do not come through this server (direct uploads to S3)."""
+        when the bytes do not come through this server (direct uploads to S3).
+        ``declared_sha256``: the whole file's digest as the client declared it; when the
+        owner already holds a ready upload of those bytes, the new one shares them and is
+        complete at once (``link_duplicate``); else the bytes must match it."""
         if length is not None and length > self.settings.max_upload_size:
             raise ProblemError("upload.too_large", f"Upload-Length exceeds {self.settings.max_upload_size}")
         if admitted is None:
@@ -105,9 +109,12 @@ class UploadService(Concatenation, Removal):
             allowed_types=admitted.allowed_types,
             size_limit=admitted.size_limit,
             protocol=metrics.current_protocol.get(),
+            declared_sha256=declared_sha256,
         )
         if concat_role != ConcatRole.PARTIAL:  # a part is a piece of a file: its final is asked
             await self.before_create(upload)
+        if await self._link_duplicate(principal, admitted, upload):
+            return upload
         started = begin(upload) if begin else self.store.create(upload.storage_key, length)
         await self._storage(started)
         try:
@@ -129,6 +136,53 @@ class UploadService(Concatenation, Removal):
             await self._complete(upload, await self.store.find(upload.storage_key), upload.writer_generation)
             await self._after_complete(upload)
         return upload
+
+    async def _link_duplicate(self, principal: Principal, admitted: Admitted, draft: Upload) -> bool:
+        """Deduplication: when the owner already holds a ready upload whose SHA-256 (which
+        this server computed) and length are the declared ones, record ``draft`` complete
+        at once, sharing that upload's stored object and what processing found. One
+        insert is the whole link: nothing is stored, so no crash leaves half of one."""
+        digest = draft.declared_sha256
+        if (
+            digest is None
+            or draft.length is None
+            or self.settings.dedup != "owner"
+            or draft.concat_role != ConcatRole.NONE
+            or draft.allowed_types is not None  # the token limits types: its own check runs
+        ):
+            return False
+
+        def link(connection: Any) -> bool:
+            assert draft.length is not None
+            source = repository.duplicate_of(connection, draft.owner, digest, draft.length)
+            if source is None:
+                return False
+            now = utcnow()
+            draft.storage_key = source.storage_key
+            draft.state = UploadState.READY
+            draft.offset = draft.length
+            draft.sha256 = source.sha256
+            draft.detected_type = source.detected_type
+            draft.processing = source.processing
+            draft.media = source.media
+            draft.variants = source.variants
+            draft.completed_at = now
+            draft.expires_at = None
+            self._insert_admitted(connection, principal=principal, admitted=admitted, new=[draft])
+            return True
+
+        if not await self.db.run(link):
+            return False
+        protocol = metrics.current_protocol.get()
+        metrics.UPLOADS_CREATED.labels(protocol).inc()
+        metrics.UPLOADS_FINISHED.labels(protocol).inc()
+        log.info(
+            "upload.deduplicated", upload_id=draft.id, length=draft.length, storage_key=draft.storage_key
+        )
+        await self._publish(draft, "upload.created")
+        await self._publish(draft, "upload.received", state=str(UploadState.RECEIVED))
+        await self._publish(draft, "upload.ready")
+        return True
 
     async def before_create(self, draft: Upload) -> dict[str, str | None]:
         """The pre-create hook, before anything is stored: it may refuse the upload (its

@@ -16,6 +16,7 @@ import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from uploader.auth.principal import Principal
@@ -38,7 +39,8 @@ log = get_logger(__name__)
 MAX_METADATA_PAIRS = 64
 MAX_PARTS = 10_000
 PENDING_BATCH = 500
-PROGRESS_INTERVAL_SECONDS = 1.0
+PROGRESS_INTERVAL_SECONDS = 2.0
+ACTIVE_SECONDS = 3 * PROGRESS_INTERVAL_SECONDS
 MAX_TRACKED = 10_000
 
 
@@ -55,6 +57,8 @@ class DirectUploads:
         self.s3 = s3
         # When this process last listed an upload's parts for its progress.
         self._listed_at: OrderedDict[str, float] = OrderedDict()
+        # (key, multipart id) -> (upload id, owner, storage key), once checked here.
+        self._checked: OrderedDict[tuple[str, str], tuple[str, str, str]] = OrderedDict()
 
     @property
     def _s3(self) -> DirectS3:
@@ -150,19 +154,36 @@ class DirectUploads:
     # -- parts ----------------------------------------------------------------------------
 
     async def sign_part(self, principal: Principal, key: str, multipart_id: str, number: int) -> str:
-        upload = await self.owned(principal, key, multipart_id)
-        self._receiving(upload)
         if not 1 <= number <= MAX_PARTS:
             raise ProblemError("request.invalid", f"part numbers run from 1 to {MAX_PARTS}")
-        # The parts before it are stored: that much has arrived. Listed at most once a
-        # second an upload (a listing per part would cost more than the signing).
+        s3 = self._s3
+        # The parts before it are stored: that much has arrived. Listed at most every
+        # PROGRESS_INTERVAL_SECONDS an upload: a listing per part would cost more than the
+        # signing. Between listings, an upload whose owner and multipart id this process
+        # has checked is signed for without reading its row: a part URL of an upload that
+        # was removed or completed meanwhile names a multipart upload S3 no longer has.
         now = time.monotonic()
+        checked = self._checked.get((key, multipart_id))
+        if (
+            checked is not None
+            and principal.owner_filter in (None, checked[1])
+            and now - self._listed_at.get(checked[0], 0.0) < PROGRESS_INTERVAL_SECONDS
+        ):
+            return await s3.part_url(checked[2], multipart_id, number)
+        upload = await self.owned(principal, key, multipart_id)
+        self._receiving(upload)
+        self._remember(self._checked, (key, multipart_id), (upload.id, upload.owner, upload.storage_key))
         if number > 1 and now - self._listed_at.get(upload.id, 0.0) >= PROGRESS_INTERVAL_SECONDS:
-            self._listed_at[upload.id] = now
-            while len(self._listed_at) > MAX_TRACKED:
-                self._listed_at.popitem(last=False)
-            await self._progress(upload, await self._s3.parts(upload.storage_key, multipart_id))
-        return await self._s3.part_url(upload.storage_key, multipart_id, number)
+            self._remember(self._listed_at, upload.id, now)
+            await self._progress(upload, await s3.parts(upload.storage_key, multipart_id))
+        return await s3.part_url(upload.storage_key, multipart_id, number)
+
+    @staticmethod
+    def _remember(table: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        while len(table) > MAX_TRACKED:
+            table.popitem(last=False)
 
     async def list_parts(self, principal: Principal, key: str, multipart_id: str) -> list[dict[str, Any]]:
         upload = await self.owned(principal, key, multipart_id)
@@ -263,8 +284,12 @@ class DirectUploads:
         returns how many completed."""
         if self.s3 is None:
             return 0
+        # An upload whose parts are being signed records progress now and then: while it
+        # does, it is still being sent (its complete call says when it is done), and is
+        # left out. One sent in a single request never records any.
+        quiet_since = utcnow() - timedelta(seconds=ACTIVE_SECONDS)
         pending = await self.service.db.run(
-            lambda s: repository.awaiting_object(s, DIRECT_PROTOCOL, PENDING_BATCH)
+            lambda s: repository.awaiting_object(s, DIRECT_PROTOCOL, quiet_since, PENDING_BATCH)
         )
         settled = 0
         for upload in pending:

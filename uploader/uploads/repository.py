@@ -243,12 +243,16 @@ def by_storage_key(connection: Connection, storage_key: str) -> Upload | None:
     return _upload_of(row) if row is not None else None
 
 
-def awaiting_object(connection: Connection, protocol: str, limit: int) -> list[Upload]:
-    """Uploads of ``protocol`` still receiving, oldest first: direct uploads whose object
-    may have landed in S3 since."""
+def awaiting_object(connection: Connection, protocol: str, quiet_since: datetime, limit: int) -> list[Upload]:
+    """Uploads of ``protocol`` still receiving, oldest first, but those with progress
+    recorded since ``quiet_since``: direct uploads whose object may have landed in S3."""
     query = (
         select(_uploads)
-        .where(_c.state == UploadState.RECEIVING, _c.protocol == protocol)
+        .where(
+            _c.state == UploadState.RECEIVING,
+            _c.protocol == protocol,
+            (_c.offset == 0) | (_c.updated_at < quiet_since),
+        )
         .order_by(_c.seq)
         .limit(limit)
     )

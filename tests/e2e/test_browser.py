@@ -7,6 +7,7 @@ import http.server
 import json
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -319,6 +320,30 @@ new Uppy({ autoProceed: true })
 """
 
 
+RESUME_PAGE = """<!doctype html>
+<html><head><link rel="stylesheet" href="uppy.min.css"></head>
+<body><div id="widget"></div><pre id="result"></pre><pre id="errors"></pre>
+<script type="module">
+import { AwsS3, Dashboard, GoldenRetriever, Uppy } from './uppy.min.mjs'
+window.uppy = new Uppy({ id: 'resumable', autoProceed: true })
+  .use(Dashboard, { inline: true, target: '#widget' })
+  .use(GoldenRetriever, { indexedDB: { maxFileSize: 64 * 1024 * 1024, maxTotalSize: 128 * 1024 * 1024 } })
+  .use(AwsS3, {
+    companionEndpoint: '__API__',
+    shouldUseMultipart: true,
+    getChunkSize: () => 5 * 1024 * 1024,
+  })
+  .on('upload-success', (file, response) => {
+    document.getElementById('result').textContent = JSON.stringify({ name: file.name, body: response.body })
+  })
+  .on('upload-error', (file, error) => {
+    document.getElementById('errors').textContent += `${file.name}: ${error}\\n`
+  })
+window.uppy.on('restored', () => { window.restored = true })
+</script></body></html>
+"""
+
+
 @pytest.fixture
 def s3_server(tmp_path: Path, s3_endpoint: str) -> Iterator[LiveServer]:
     """The embedded default storing in moto's S3 server, whose bucket lets browsers PUT
@@ -351,25 +376,36 @@ def s3_server(tmp_path: Path, s3_endpoint: str) -> Iterator[LiveServer]:
         server.stop()
 
 
-def test_uppy_aws_s3_uploads_straight_to_the_bucket_single_and_multipart(
-    s3_server: LiveServer, browser: Any, tmp_path: Path
-) -> None:
+@pytest.fixture
+def s3_site(s3_server: LiveServer, tmp_path: Path) -> Iterator[str]:
+    """The pages that use Uppy's S3 plugin, on another origin."""
     site = tmp_path / "s3-site"
     site.mkdir()
     for name in ("uppy.min.mjs", "uppy.min.css"):
         shutil.copy(VENDOR / name, site / name)
     (site / "index.html").write_text(AWS_S3_PAGE.replace("__API__", s3_server.url))
+    (site / "resume.html").write_text(RESUME_PAGE.replace("__API__", s3_server.url))
     static = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(site))
     )
     threading.Thread(target=static.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{static.server_address[1]}"
+    finally:
+        static.shutdown()
+        static.server_close()
+
+
+def test_uppy_aws_s3_uploads_straight_to_the_bucket_single_and_multipart(
+    s3_server: LiveServer, s3_site: str, browser: Any, tmp_path: Path
+) -> None:
     small = random_file(tmp_path / "small.bin", 700_001)
     large = random_file(tmp_path / "large.bin", 11 * 1024 * 1024 + 5)
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     try:
-        page.goto(f"http://127.0.0.1:{static.server_address[1]}/index.html")
+        page.goto(f"{s3_site}/index.html")
         page.locator(".uppy-Dashboard-input").first.set_input_files([str(small), str(large)])
         page.wait_for_function(
             "() => document.getElementById('result').textContent.split('name').length === 3"
@@ -382,8 +418,6 @@ def test_uppy_aws_s3_uploads_straight_to_the_bucket_single_and_multipart(
         parts = page.evaluate("() => window.parts || []")
     finally:
         page.close()
-        static.shutdown()
-        static.server_close()
     assert set(done) == {"small.bin", "large.bin"}
     # The large file went in three parts of 5, 5 and 1 MiB; the small one in one POST.
     assert sorted(parts) == [["large.bin", 1], ["large.bin", 2], ["large.bin", 3]]
@@ -400,3 +434,79 @@ def test_uppy_aws_s3_uploads_straight_to_the_bucket_single_and_multipart(
         assert upload["length"] == source.stat().st_size
         content = httpx.get(f"{s3_server.url}{upload['links']['content']}").content
         assert content == source.read_bytes()
+
+
+def test_uppy_resumes_a_multipart_upload_after_a_page_reload(
+    s3_server: LiveServer, s3_site: str, browser: Any, s3_endpoint: str, tmp_path: Path
+) -> None:
+    source = random_file(tmp_path / "movie.bin", 4 * 5 * 1024 * 1024 + 99)  # five parts
+    context = browser.new_context()
+    page = context.new_page()
+    sent: list[str] = []
+    held: list[Any] = []
+
+    reloaded = [False]
+
+    def first_two_parts_only(route: Any) -> None:
+        request = route.request
+        if reloaded[0] or request.method != "PUT":
+            route.continue_()
+        elif len([m for m in sent if m == "PUT"]) < 2:
+            sent.append("PUT")
+            route.continue_()
+        else:
+            held.append(route)  # the third part never gets an answer: the page is reloaded
+
+    try:
+        page.route(f"{s3_endpoint}/**", first_two_parts_only)
+        page.goto(f"{s3_site}/resume.html")
+        page.locator(".uppy-Dashboard-input").first.set_input_files(str(source))
+        deadline = time.monotonic() + 30
+        while not held:
+            assert time.monotonic() < deadline, "the third part was never sent"
+            page.wait_for_timeout(100)
+        # The held part stays unanswered until the reload cancels it; what the page
+        # sends after the reload goes through.
+        reloaded[0] = True
+        # After the reload, Golden Retriever brings the file back, the plugin asks which
+        # parts S3 holds and sends only the rest.
+        resumed: list[str] = []
+        page.on(
+            "request",
+            lambda request: (
+                resumed.append(f"{request.method} {request.url}")
+                if request.url.startswith((s3_endpoint, s3_server.url))
+                else None
+            ),
+        )
+        page.reload()
+        page.wait_for_function("() => window.restored === true", timeout=30_000)
+        # What the Dashboard's resume button does: run the restored upload again.
+        page.evaluate("() => window.uppy.restore(Object.keys(window.uppy.getState().currentUploads)[0])")
+        page.wait_for_function(
+            "() => document.getElementById('result').textContent.length > 0"
+            " || document.getElementById('errors').textContent.length > 0",
+            timeout=60_000,
+        )
+        assert page.locator("#errors").inner_text() == ""
+    finally:
+        context.close()
+    listed = [
+        r
+        for r in resumed
+        if r.startswith("GET") and "/s3/multipart/" in r and r.split("?")[0].count("/") == 5
+    ]
+    assert listed, resumed
+    puts = [r for r in resumed if r.startswith("PUT")]
+    assert all("X-Amz-Algorithm=AWS4-HMAC-SHA256" in r for r in puts), puts  # SigV4
+    numbers = sorted(int(r.split("partNumber=")[1].split("&")[0]) for r in puts)
+    assert numbers == [3, 4, 5], puts  # the first two were not sent again
+    uploads = httpx.get(f"{s3_server.url}/api/v1/uploads").json()["items"]
+    (upload,) = [u for u in uploads if u["filename"] == "movie.bin"]
+    deadline = time.monotonic() + 30
+    while upload["state"] not in ("ready", "failed"):
+        assert time.monotonic() < deadline, upload
+        time.sleep(0.2)
+        upload = httpx.get(f"{s3_server.url}/api/v1/uploads/{upload['id']}").json()
+    assert upload["state"] == "ready"
+    assert httpx.get(f"{s3_server.url}{upload['links']['content']}").content == source.read_bytes()

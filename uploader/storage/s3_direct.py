@@ -35,12 +35,15 @@ class DirectS3:
         self._signer: Any = None
 
     async def start(self) -> None:
-        if self.public_endpoint_url and self.public_endpoint_url != self.store.endpoint_url:
-            session = aioboto3.Session()
-            self._signer_context = session.client(
-                "s3", endpoint_url=self.public_endpoint_url, config=Config(signature_version="s3v4")
-            )
-            self._signer = await self._signer_context.__aenter__()
+        # A client of its own: URLs are signed with SigV4 (botocore would presign with the
+        # legacy SigV2, which newer regions refuse), for where clients reach S3.
+        session = aioboto3.Session()
+        self._signer_context = session.client(
+            "s3",
+            endpoint_url=self.public_endpoint_url or self.store.endpoint_url,
+            config=Config(signature_version="s3v4"),
+        )
+        self._signer = await self._signer_context.__aenter__()
 
     async def close(self) -> None:
         if self._signer_context is not None:
@@ -49,7 +52,8 @@ class DirectS3:
 
     @property
     def signer(self) -> Any:
-        return self._signer if self._signer is not None else self.store.client
+        assert self._signer is not None, "start() first"
+        return self._signer
 
     @property
     def bucket(self) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from uploader.auth.dependencies import Uploading
@@ -114,10 +115,12 @@ class SignedPart(BaseModel):
 @router.get("/multipart/{upload_id}/{part_number}", response_model=SignedPart)
 async def sign_part(
     request: Request, upload_id: str, part_number: int, principal: Uploading, key: str = _KEY
-) -> SignedPart:
+) -> Response:
     """A URL to PUT one part to."""
     url = await direct_of(request).sign_part(principal, key, upload_id, part_number)
-    return SignedPart(url=url, expires=_expires(request))
+    # Asked once per part: the document is rendered here, not validated against the model
+    # it is documented by.
+    return JSONResponse({"url": url, "expires": _expires(request)})
 
 
 class CompleteRequest(BaseModel):

@@ -317,3 +317,43 @@ async def test_direct_uploads_need_s3(settings: Settings) -> None:
         assert response.json()["code"] == "direct.needs_s3"
         assert "S3" in response.json()["error"]
         assert (await client.post("/s3/multipart", json={"filename": "a"})).status_code == 404
+
+
+@pytest.mark.parametrize("backend", S3_BACKEND)
+async def test_a_token_s_limits_hold_for_direct_uploads(settings: Settings) -> None:
+    import base64
+    import json
+
+    from tests.auth.tokens import SECRET, bearer, hs256
+
+    settings = direct_settings(settings, jwt_secret=SecretStr(SECRET))
+    limited = bearer(hs256("tia", scope="upload read", uploader={"max_size": 100_000}))
+    async with in_process_client(settings) as client:
+        signed = await client.get("/s3/params", params={"filename": "a.bin"}, headers=limited)
+        assert signed.status_code == 200, signed.text
+        policy = json.loads(base64.b64decode(signed.json()["fields"]["policy"]))
+        assert ["content-length-range", 0, 100_000] in policy["conditions"]
+        # More than the token allows, in parts: refused at completion, and deleted.
+        started = (await client.post("/s3/multipart", json={"filename": "b.bin"}, headers=limited)).json()
+        query = {"key": started["key"]}
+        url = (
+            await client.get(f"/s3/multipart/{started['uploadId']}/1", params=query, headers=limited)
+        ).json()
+        async with httpx.AsyncClient() as s3:
+            etag = (await s3.put(url["url"], content=os.urandom(5 * MiB))).headers["etag"]
+        done = await client.post(
+            f"/s3/multipart/{started['uploadId']}/complete",
+            params=query,
+            json={"parts": [{"PartNumber": 1, "ETag": etag}]},
+            headers=limited,
+        )
+        assert done.status_code == 413, done.text
+        assert "100000 are allowed" in done.json()["error"]
+        # Without the upload scope, nothing is signed.
+        reader = bearer(hs256("tia", scope="read"))
+        refused = await client.get("/s3/params", params={"filename": "a.bin"}, headers=reader)
+        assert refused.status_code == 403
+        assert refused.json()["error"]
+        # And with no credential at all on a server that requires them.
+        anonymous = await client.post("/s3/multipart", json={"filename": "c.bin"})
+        assert anonymous.status_code == 401

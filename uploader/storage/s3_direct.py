@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections import OrderedDict
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -20,6 +22,9 @@ from botocore.config import Config
 
 from uploader.storage.base import StorageUnavailable
 from uploader.storage.s3 import _STORAGE_KEY, S3Store, S3Upload, _Info, _is_missing, _s3
+from uploader.storage.sigv4 import Credentials, PartUrlTemplate
+
+MAX_TEMPLATES = 10_000
 
 
 class DirectS3:
@@ -33,6 +38,8 @@ class DirectS3:
         self.sign_seconds = sign_seconds
         self._signer_context: Any = None
         self._signer: Any = None
+        # (storage key, multipart id) -> what its part URLs share.
+        self._part_templates: OrderedDict[tuple[str, str], PartUrlTemplate] = OrderedDict()
 
     async def start(self) -> None:
         # A client of its own: URLs are signed with SigV4 (botocore would presign with the
@@ -116,6 +123,12 @@ class DirectS3:
             raise
 
     async def part_url(self, storage_key: str, multipart_id: str, number: int) -> str:
+        """A URL to PUT part ``number`` to: botocore presigns the first one an upload asks
+        for here, and the rest are signed from it (``sigv4.py``)."""
+        template = self._part_templates.get((storage_key, multipart_id))
+        credentials = await self._credentials() if template is not None else None
+        if template is not None and credentials is not None:
+            return template.sign(number, credentials, datetime.now(UTC), self.sign_seconds)
         url: str = await self.signer.generate_presigned_url(
             "upload_part",
             Params={
@@ -126,7 +139,24 @@ class DirectS3:
             },
             ExpiresIn=self.sign_seconds,
         )
+        template = PartUrlTemplate.of(url)
+        if template is not None:
+            self._part_templates[(storage_key, multipart_id)] = template
+            while len(self._part_templates) > MAX_TEMPLATES:
+                self._part_templates.popitem(last=False)
         return url
+
+    async def _credentials(self) -> Credentials | None:
+        """The signing client's credentials as of now (refreshed by botocore when they
+        expire); None when they cannot be had, and botocore signs."""
+        try:
+            source = self.signer._request_signer._credentials
+            frozen = await source.get_frozen_credentials()
+        except Exception:
+            return None
+        if not frozen.access_key or not frozen.secret_key:
+            return None
+        return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
     async def parts(self, storage_key: str, multipart_id: str) -> list[dict[str, Any]]:
         """Every part stored so far, every page of the listing merged, in order."""

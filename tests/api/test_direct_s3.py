@@ -357,3 +357,50 @@ async def test_a_token_s_limits_hold_for_direct_uploads(settings: Settings) -> N
         # And with no credential at all on a server that requires them.
         anonymous = await client.post("/s3/multipart", json={"filename": "c.bin"})
         assert anonymous.status_code == 401
+
+
+@pytest.mark.parametrize("backend", S3_BACKEND)
+async def test_quotas_hold_for_direct_uploads(settings: Settings) -> None:
+    settings = direct_settings(settings, quota_active_uploads=1)
+    async with in_process_client(settings) as client:
+        await start_multipart(client)
+        refused = await client.get("/s3/params", params={"filename": "second.bin"}, headers=ALICE)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["code"] == "quota.exceeded"
+        assert refused.json()["error"]
+        # Another principal has a quota of its own.
+        assert (await client.post("/s3/multipart", json={"filename": "b"}, headers=BOB)).status_code == 200
+
+
+@pytest.mark.parametrize("backend", S3_BACKEND)
+async def test_the_pre_create_hook_is_asked_before_anything_is_signed(settings: Settings) -> None:
+    from tests.hooks.conftest import serving_hooks
+
+    with serving_hooks() as hooks:
+        hooks.answer("pre-create", body={"reject": {"status": 403, "message": "no videos on Sunday"}})
+        settings = direct_settings(settings, hook_url=hooks.url, hook_secret="hook-secret-of-some-length")
+        async with in_process_client(settings) as client:
+            refused = await client.post("/s3/multipart", json={"filename": "film.mp4"}, headers=ALICE)
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["code"] == "hook.rejected"
+            assert "no videos on Sunday" in refused.json()["error"]
+            asked = hooks.asked[-1].document
+            assert asked["type"] == "pre-create"
+            assert asked["upload"]["protocol"] == "s3-direct"
+            assert (await client.get("/api/v1/uploads", headers=ALICE)).json()["items"] == []
+    assert stored_objects(settings) == []  # no multipart upload was started
+
+
+@pytest.mark.parametrize("backend", S3_BACKEND)
+async def test_deleting_a_direct_upload_leaves_nothing_in_the_bucket(settings: Settings) -> None:
+    settings = direct_settings(settings)
+    async with in_process_client(settings) as client:
+        receiving = await start_multipart(client)
+        await put_part(client, receiving, 1, os.urandom(5 * MiB))
+        single = (await client.get("/s3/params", params={"filename": "s.bin"}, headers=ALICE)).json()
+        async with httpx.AsyncClient() as s3:
+            await s3.post(single["url"], data=single["fields"], files={"file": ("s.bin", b"stored")})
+        for upload_id in (receiving["upload_id"], single["upload_id"]):
+            deleted = await client.delete(f"/api/v1/uploads/{upload_id}", headers=ALICE)
+            assert deleted.status_code == 204, deleted.text
+    assert stored_objects(settings) == []

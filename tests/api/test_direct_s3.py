@@ -404,3 +404,22 @@ async def test_deleting_a_direct_upload_leaves_nothing_in_the_bucket(settings: S
             deleted = await client.delete(f"/api/v1/uploads/{upload_id}", headers=ALICE)
             assert deleted.status_code == 204, deleted.text
     assert stored_objects(settings) == []
+
+
+@pytest.mark.parametrize("backend", S3_BACKEND)
+async def test_the_quota_s_room_bounds_a_direct_upload(settings: Settings) -> None:
+    import base64
+    import json
+
+    settings = direct_settings(settings, quota_bytes=5 * MiB + 500)
+    async with in_process_client(settings) as client:
+        form = (await client.get("/s3/params", params={"filename": "a.bin"}, headers=ALICE)).json()
+        policy = json.loads(base64.b64decode(form["fields"]["policy"]))
+        assert ["content-length-range", 0, 5 * MiB + 500] in policy["conditions"]
+        # In parts, past the room that is left: refused at completion, and deleted.
+        started = await start_multipart(client)
+        etags = [await put_part(client, started, 1, os.urandom(5 * MiB))]
+        etags.append(await put_part(client, started, 2, os.urandom(1000)))
+        done = await complete(client, started, etags)
+        assert done.status_code == 413, done.text
+        assert "5243380 are allowed" in done.json()["error"]

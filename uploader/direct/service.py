@@ -24,6 +24,7 @@ from uploader.db.models import Upload, UploadState, utcnow
 from uploader.kit.errors import DependencyUnavailable, ProblemError
 from uploader.kit.logging import get_logger
 from uploader.observability.metrics import counted_as
+from uploader.quotas.admission import usage_of
 from uploader.storage.base import StorageUnavailable
 from uploader.uploads import repository
 from uploader.uploads.core import DIRECT_PROTOCOL
@@ -98,6 +99,7 @@ class DirectUploads:
         signed: dict[str, Any] = {}
 
         async def begin(draft: Upload) -> None:
+            await self._limit_to_quota(principal, draft)
             limit = self.service.size_limit(draft)
             signed["url"], signed["fields"] = await s3.post_form(draft.storage_key, limit, media_type)
 
@@ -112,11 +114,24 @@ class DirectUploads:
         started: dict[str, str] = {}
 
         async def begin(draft: Upload) -> None:
+            await self._limit_to_quota(principal, draft)
             media_type = content_type or "application/octet-stream"
             started["id"] = await s3.begin_multipart(draft.storage_key, media_type)
 
         upload = await self._create(principal, filename, content_type, metadata, begin)
         return upload, started["id"]
+
+    async def _limit_to_quota(self, principal: Principal, draft: Upload) -> None:
+        """A direct upload's size is known only once S3 holds it: what the principal's
+        quota still has room for becomes its size limit, in the signed policy and at
+        completion, beside the token's and the server's. (Uploads begun at once share
+        that room without knowing of each other.)"""
+        quota_bytes, _ = self.service.admission.quota_of(principal)
+        if quota_bytes is None:
+            return
+        held = await self.service.db.run(lambda c: usage_of(c, principal.name))
+        room = max(0, quota_bytes - held.bytes)
+        draft.size_limit = room if draft.size_limit is None else min(draft.size_limit, room)
 
     # -- the caller's own uploads ---------------------------------------------------------
 

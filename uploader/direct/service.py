@@ -263,28 +263,9 @@ class DirectUploads:
         return current
 
     async def _refuse_oversized(self, upload: Upload, size: int, limit: int) -> None:
-        service = self.service
         reason = f"upload.too_large: S3 holds {size} bytes, {limit} are allowed"
-
-        def record(s: Any) -> bool:
-            changed = repository.set_fields_if_state(
-                s,
-                upload,
-                UploadState.RECEIVING,
-                state=UploadState.FAILED,
-                failure_reason=reason,
-                bytes_removed=True,
-                expires_at=None,
-                completed_at=utcnow(),
-            )
-            if changed:
-                service._report(s, upload)
-            return changed
-
-        if await service.db.run(record):
-            await self._s3.delete(upload.storage_key)
+        if await self.service._fail_without_bytes(upload, reason, completed_at=utcnow()):
             log.info("direct.refused_oversized", upload_id=upload.id, size=size, limit=limit)
-            await service._publish(upload, "upload.failed")
 
     async def abort(self, principal: Principal, key: str, multipart_id: str) -> None:
         upload = await self.owned(principal, key, multipart_id)

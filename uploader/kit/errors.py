@@ -69,7 +69,6 @@ ERRORS: dict[str, ErrorKind] = {
     "upload.direct": ErrorKind(409, "This upload's bytes go to S3 directly, not through this API"),
     "direct.needs_s3": ErrorKind(404, "Direct uploads need S3 storage"),
     "direct.parts_invalid": ErrorKind(400, "The parts to complete are malformed or not all stored"),
-    "direct.object_missing": ErrorKind(409, "S3 holds no object for this upload yet"),
     "processing.disabled": ErrorKind(409, "Processing is turned off on this server"),
     "variant.not_found": ErrorKind(404, "No such variant"),
     "form.invalid": ErrorKind(400, "The multipart/form-data body is malformed"),

@@ -224,6 +224,3 @@ class DirectS3:
                 return None
             raise
         return int(head["ContentLength"])
-
-    async def delete(self, storage_key: str) -> None:
-        await self.store.delete(self.object_key(storage_key))

@@ -162,27 +162,35 @@ class Completion(ServiceCore):
             if current is None or current.is_complete or current.is_gone:
                 return
             reason = f"hook.rejected: {message}"[:2000]
-
-            def record(s: Any) -> bool:
-                assert current is not None
-                changed = repository.set_fields_if_state(
-                    s,
-                    current,
-                    current.state,
-                    state=UploadState.FAILED,
-                    failure_reason=reason,
-                    bytes_removed=True,
-                    expires_at=None,
-                )
-                if changed:
-                    self._report(s, current)
-                return changed
-
-            if await self.db.run(record):
-                await self._discard_stored(current.storage_key)
+            if await self._fail_without_bytes(current, reason):
                 log.info("upload.refused_at_finish", upload_id=upload.id, reason=reason)
-                await self._publish(current, "upload.failed")
             _mirror(upload, current)
+
+    async def _fail_without_bytes(self, upload: Upload, reason: str, **fields: Any) -> bool:
+        """End an unfinished upload (the caller holds it) ``failed`` with ``reason``,
+        recorded with its webhook event, then remove its bytes and announce it. False:
+        it had left the state it was read in."""
+
+        def record(s: Any) -> bool:
+            changed = repository.set_fields_if_state(
+                s,
+                upload,
+                upload.state,
+                state=UploadState.FAILED,
+                failure_reason=reason[:2000],
+                bytes_removed=True,
+                expires_at=None,
+                **fields,
+            )
+            if changed:
+                self._report(s, upload)
+            return changed
+
+        if not await self.db.run(record):
+            return False
+        await self._discard_stored(upload.storage_key)
+        await self._publish(upload, "upload.failed")
+        return True
 
     async def _head_of(self, upload: Upload, length: int) -> bytes:
         """The first bytes of a stored upload, for sniffing (when they were not kept)."""

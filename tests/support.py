@@ -174,13 +174,15 @@ def s3_client(endpoint: str) -> Any:
     )
 
 
-def start_moto_server() -> MotoServer:
+def start_moto_server(log: Path | None = None) -> MotoServer:
+    """moto's S3 over HTTP; its request log and tracebacks go to ``log`` when given."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with log.open("ab") if log is not None else open(os.devnull, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -67,13 +67,13 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def own_s3() -> Iterator[str]:
+def own_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A moto server of the cluster's own: the session's holds what every earlier test
     stored, which the cluster's orphan sweep would list beside the uploads under test
     (moto's server answered some of those uploads' parts 500 when it did)."""
     for name, value in S3_TEST_ENV.items():
         os.environ.setdefault(name, value)  # for the checks this process makes
-    server = start_moto_server()
+    server = start_moto_server(tmp_path_factory.mktemp("moto") / "moto.log")
     try:
         yield server.url
     finally:

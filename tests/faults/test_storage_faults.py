@@ -13,7 +13,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -46,6 +46,9 @@ class FaultyProxy:
         self.slow_marker: bytes | None = None
         self.slow_seconds = 0.0
         self.slow_seen = 0
+        # Called with each request's method and path before it is relayed; True drops it
+        # unanswered (the moment a test kills the process that sent it).
+        self.intercept: Callable[[str, str], bool] | None = None
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -56,6 +59,10 @@ class FaultyProxy:
 
             def _relay(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
+                if proxy.intercept is not None and proxy.intercept(self.command, self.path):
+                    self.close_connection = True
+                    self.connection.close()
+                    return
                 if self.command == "PUT" and length:
                     roll = proxy.rng.random()
                     if roll < proxy.cut_rate:
@@ -93,7 +100,9 @@ class FaultyProxy:
                 for name, value in response.getheaders():
                     if name.lower() not in _HOP_BY_HOP:
                         self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
+                # A HEAD answer has no body but the length of the object it describes.
+                length = response.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(payload)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(payload)
@@ -256,3 +265,83 @@ def create_on(server: LiveServer, length: int) -> str:
     assert created.status_code == 201, created.text
     location: str = created.headers["Location"]
     return location
+
+
+@pytest.mark.parametrize("killed", ["before-info-removed", "after-info-removed"])
+def test_a_process_killed_after_completing_the_object_leaves_an_upload_others_finish(
+    tmp_path: Path, faulty_s3: FaultyProxy, own_redis: RedisServer, killed: str
+) -> None:
+    """The process finishing an upload completes its S3 multipart upload and is killed
+    (SIGKILL) before it records anything: before it removes the upload's bookkeeping
+    object, or after. The client resumes on another process, which wrote the upload's
+    earlier chunks and knows the multipart upload that is gone: its PATCH completes the
+    upload, never a 503 for ever."""
+    prefix = secrets.token_hex(6)
+    shared = {
+        "UPLOADER_STORAGE_URL": f"s3://{S3_TEST_BUCKET}/{prefix}",
+        "UPLOADER_S3_ENDPOINT_URL": faulty_s3.url,
+        "UPLOADER_S3_MAX_ATTEMPTS": "2",
+        "UPLOADER_REDIS_URL": own_redis.url,
+        "UPLOADER_REDIS_PREFIX": "faults",
+        "UPLOADER_DATA_DIR": str(tmp_path / "shared"),
+        "UPLOADER_PROCESSING": "off",
+        **S3_TEST_ENV,
+    }
+    first = start_server(tmp_path / "first", **shared)
+    second = start_server(tmp_path / "second", **shared)
+    settings = Settings(
+        data_dir=tmp_path / "shared",
+        storage_url=shared["UPLOADER_STORAGE_URL"],
+        s3_endpoint_url=faulty_s3.url,
+    )
+    for name, value in S3_TEST_ENV.items():
+        os.environ.setdefault(name, value)
+    try:
+        data = os.urandom(MiB + 4321)
+        chunk = 256 * 1024
+        url = create_on(first, len(data))
+        upload_path = url[url.index("/files/") :]
+        on = [first, second]
+        offset = 0
+        while offset + chunk < len(data):  # every chunk but the last, on both processes in turn
+            target = on[(offset // chunk) % 2].url + upload_path
+            offset = int(send_from(target, data[: offset + chunk], offset).headers["Upload-Offset"])
+        completed, killed_first = threading.Event(), threading.Event()
+
+        def kill_first(method: str, path: str) -> bool:
+            if method == "POST" and "uploadId=" in path:  # CompleteMultipartUpload goes through
+                completed.set()
+                return False
+            info_removal = method == "DELETE" and path.split("?")[0].endswith(".info")
+            if info_removal and killed == "after-info-removed":
+                return False
+            if completed.is_set():
+                first.kill()
+                faulty_s3.intercept = None
+                killed_first.set()
+                return True
+            return False
+
+        faulty_s3.intercept = kill_first
+        with contextlib.suppress(httpx.HTTPError):
+            send_from(first.url + upload_path, data, offset)
+        assert killed_first.wait(15), "the first process was not killed after completing the object"
+        resumed = second.url + upload_path
+        deadline = time.monotonic() + 60
+        while True:
+            offset = int(httpx.head(resumed, headers=TUS, timeout=30).headers["Upload-Offset"])
+            if offset == len(data):
+                break
+            answer = send_from(resumed, data, offset)
+            if answer.status_code == 204:
+                continue
+            assert answer.status_code in (423, 503), answer.text  # the dead writer's lease
+            assert time.monotonic() < deadline, f"no write succeeds: {answer.status_code} {answer.text}"
+            time.sleep(0.5)
+        upload_id = url.rsplit("/", 1)[1]
+        assert_invariant(settings, {upload_id: [data]}, second.url)
+        body = httpx.get(f"{second.url}/api/v1/uploads/{upload_id}/content", timeout=60).content
+        assert body == data
+    finally:
+        first.stop()
+        second.stop()

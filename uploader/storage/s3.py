@@ -171,13 +171,22 @@ class S3Upload:
         fence: Fence | None = None,
     ) -> int:
         try:
-            info = await self.info()
+            return await self._write_chunk(offset, body, progress, checkpoint, digest, fence)
         except StorageUnavailable as exc:
-            # No multipart upload, but the object: completed by a request that died (or
-            # lost its database) before recording it.
-            if _is_missing(exc) and await self._final_size() is not None:
+            if await self._completed_before():
                 raise AlreadyFinished(self.key) from exc
             raise
+
+    async def _write_chunk(
+        self,
+        offset: int,
+        body: AsyncIterator[bytes],
+        progress: WriteProgress,
+        checkpoint: Checkpoint | None,
+        digest: RunningDigest | None,
+        fence: Fence | None,
+    ) -> int:
+        info = await self.info()
         size = info.part_size
         # Tails of other offsets are leftovers of crashed or rejected writes. Clearing them
         # runs beside the parts; it ends before this write stores a tail of its own, so it
@@ -240,11 +249,17 @@ class S3Upload:
     @metrics.timed_storage("s3", "finish")
     async def finish(self, length: int) -> None:
         try:
-            info = await self.info()
-        except StorageUnavailable as exc:
-            if _is_missing(exc) and await self._final_size() == length:
-                return  # finished before, by a request that died before recording it
-            raise
+            await self._finish(length)
+        except StorageUnavailable:
+            if not await self._completed_before(length):
+                raise
+            # Finished before, by a request that died before it recorded the completion
+            # (and perhaps before it removed the bookkeeping): what it left goes now.
+            await self.store.delete(f"{self.object_key}.info")
+            await self._drop_tails(keep=None)
+
+    async def _finish(self, length: int) -> None:
+        info = await self.info()
         size = info.part_size
         count = math.ceil(length / size)
         if length % size:
@@ -313,6 +328,20 @@ class S3Upload:
         await self.write_chunk(0, joined(), WriteProgress())
 
     # -- helpers ---------------------------------------------------------------
+
+    async def _completed_before(self, length: int | None = None) -> bool:
+        """After a failed call: whether the object is whole already (of ``length`` bytes,
+        when given), completed by a request on any process that died, or lost its
+        database, before it recorded the completion. Its multipart upload is gone then,
+        though this process may still know it (or find its bookkeeping object, when the
+        request died before removing that), so the known one is forgotten either way.
+        A HEAD, on failures only; False when that fails too."""
+        self._forget_info()
+        try:
+            size = await self._final_size()
+        except StorageUnavailable:
+            return False
+        return size is not None and (length is None or size == length)
 
     async def _final_size(self) -> int | None:
         try:

@@ -88,7 +88,7 @@ def _beat(settings: Settings) -> int:
 def _ping_worker(settings: Settings) -> int:
     """Exit 0 when the worker on this host answers (a container health check)."""
 
-    from workers.celery_app import build_celery
+    from uploader.processing.celery_app import build_celery
 
     app = build_celery(settings)
     answers = app.control.ping(destination=[f"celery@{socket.gethostname()}"], timeout=3)

@@ -53,8 +53,8 @@ class Runtime:
         queued_processor: Processor | None = None
         wake_queued: Callable[[], Awaitable[None]] | None = None
         if settings.processing == "celery":  # Celery is imported only where it is used
+            from uploader.processing.celery_app import build_celery
             from uploader.processing.queued import QueuedProcessor, queued_drain
-            from workers.celery_app import build_celery
 
             celery = build_celery(settings)
             queued_processor = QueuedProcessor(celery, settings)

@@ -1,1 +1,2 @@
-"""Processing steps, shared by the in-process executor and (later) Celery workers."""
+"""The Celery worker: its tasks call ``uploader.processing``; its configuration is
+``uploader.processing.celery_app``."""

@@ -20,11 +20,11 @@ from uploader.db.models import UploadState, utcnow
 from uploader.kit.logging import get_logger
 from uploader.observability import metrics, metrics_server, tracing
 from uploader.observability.request_ids import TASK_REQUEST_ID, current_request_id, sane_or_none
+from uploader.processing.celery_app import PROCESS_TASK, SWEEP_TASK, WEBHOOKS_TASK, build_celery
 from uploader.processing.pipeline import TRANSIENT_ERRORS
 from uploader.runtime import Runtime
 from uploader.settings import Settings
 from uploader.uploads import repository
-from workers.celery_app import PROCESS_TASK, SWEEP_TASK, WEBHOOKS_TASK, build_celery
 
 log = get_logger(__name__)
 T = TypeVar("T")

@@ -5,7 +5,7 @@ Both make the same four variants (the default settings: longest side 256 and 102
 pixels, WebP and JPEG) of the same 24-megapixel JPEGs, in one process, one image at a
 time:
 
-- ours: ``workers.images.render_variants``, what the pipeline's variants step runs
+- ours: ``uploader.processing.images.render_variants``, what the pipeline's variants step runs
   (decode once at the smallest JPEG draft scale, reduce, derive each size from the next
   larger one, apply the EXIF orientation, encode without metadata);
 - plain: for each variant, ``Image.open(...)``, ``.thumbnail(...)``, ``ImageOps.exif_transpose``
@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
+from uploader.processing.images import render_variants
 from uploader.settings import DEFAULT_VARIANTS, Settings
-from workers.images import render_variants
 
 WIDTH, HEIGHT = 6000, 4000  # 24 megapixels, as a typical APS-C camera
 

@@ -14,9 +14,9 @@ from uploader.db.engine import Database
 from uploader.db.models import Upload, UploadState
 from uploader.kit.logging import get_logger
 from uploader.processing.pipeline import TRANSIENT_ERRORS, Pipeline
+from uploader.processing.steps.sniff import SNIFF_BYTES
 from uploader.settings import Settings
 from uploader.uploads import repository
-from workers.steps import SNIFF_BYTES
 
 log = get_logger(__name__)
 

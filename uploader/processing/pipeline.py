@@ -1,4 +1,5 @@
-"""The processing pipeline of a completed upload: sniff, checksum, image variants.
+"""The processing pipeline of a completed upload: the steps of ``processing.steps`` that
+apply to its detected type, in order (sniff, checksum, then by type: image variants).
 
 One code path, two ways to run it: ``EmbeddedProcessor`` awaits ``Pipeline.run`` in the
 API process; the Celery task awaits the same method on a worker's event loop.
@@ -12,28 +13,33 @@ one run can move ``processing`` to ``ready``, so an upload becomes ready exactly
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
 import sqlalchemy.exc
 
-from uploader.auth.principal import type_allowed
 from uploader.db.engine import Database
 from uploader.db.models import Upload, UploadState, utcnow
 from uploader.events.bus import EventBus
 from uploader.kit.logging import get_logger
 from uploader.observability import metrics, tracing
+from uploader.processing.steps import (
+    Step,
+    StepContext,
+    StepFailed,
+    StepResult,
+    applies,
+    catalogue,
+    pipeline_for,
+)
+from uploader.processing.steps.sniff import allowed, detect
 from uploader.settings import Settings
 from uploader.storage.base import StorageUnavailable, TerminatableUpload, UploadStore
 from uploader.uploads import repository
 from uploader.uploads.service import event_data
 from uploader.webhooks import outbox
-from workers.steps import IMAGE_TYPES, SNIFF_BYTES, sha256_of, sniff, types_agree
 
 log = get_logger(__name__)
 
@@ -48,36 +54,13 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress events of one step
 RECORD_STEPS_AFTER = 0.2  # a step taking longer is recorded on its own
 
 
-@dataclass
-class StepResult:
-    fields: dict[str, Any] = field(default_factory=dict)  # columns the step found
-    outcome: str = "done"  # or "skipped"
-    # Events that promise what the fields record (a variant is downloadable): published
-    # only once the fields are in the database, so the step is recorded at once.
-    announce: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-
-class StepFailed(Exception):
-    """A step that cannot succeed for this upload; ``reason`` is shown to users."""
-
-    def __init__(self, reason: str, *, remove_bytes: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.remove_bytes = remove_bytes  # what arrived must not be kept (a refused type)
-
-
 class Pipeline:
     def __init__(self, settings: Settings, db: Database, store: UploadStore, events: EventBus) -> None:
         self.settings = settings
         self.db = db
         self.store = store
         self.events = events
-        # The steps, in order.
-        self.steps: dict[str, Callable[[Upload], Awaitable[StepResult]]] = {
-            "sniff": self._sniff,
-            "sha256": self._sha256,
-            "variants": self._variants,
-        }
+        self.steps = catalogue(settings)
 
     async def run(self, upload_id: str) -> str | None:
         """Process one upload; returns the state it ended in (``None``: nothing to do).
@@ -89,7 +72,7 @@ class Pipeline:
         if upload is None or upload.state not in (UploadState.RECEIVED, UploadState.PROCESSING):
             return None  # finished, removed, or a duplicate delivery after the fact
         if upload.state == UploadState.RECEIVED:
-            steps = {name: {"state": "pending"} for name in self.steps}
+            steps = {step.name: {"state": "pending"} for step in self.steps}
             started = {"steps": steps, "started_at": utcnow().isoformat()}
             if not await self._advance(
                 upload, UploadState.RECEIVED, state=UploadState.PROCESSING, processing=started
@@ -135,12 +118,16 @@ class Pipeline:
         and then calls ``announce_processed``. None: the upload needs a full run."""
         if upload.declared_sha256 is not None:
             return None  # a full run, which checks the declared digest
-        detected = self._detect(upload, head)
-        if detected in IMAGE_TYPES or not self._allowed(upload, detected):
-            return None  # a full run, which makes the variants (or refuses the type)
+        detected = detect(upload, head)
+        if not allowed(upload, detected):
+            return None  # a full run, which refuses the type
+        if any(not step.from_arrival for step in pipeline_for(self.steps, detected)):
+            return None  # a full run, for the steps of its type (image variants, …)
         now = utcnow().isoformat()
-        steps = {name: {"state": "done", "seconds": 0.0} for name in self.steps}
-        steps["variants"]["state"] = "skipped"
+        steps = {
+            step.name: {"state": "done" if applies(step, detected) else "skipped", "seconds": 0.0}
+            for step in self.steps
+        }
         processing = {"steps": steps, "started_at": now, "finished_at": now}
         return {"state": UploadState.READY, "detected_type": detected, "processing": processing}
 
@@ -191,139 +178,57 @@ class Pipeline:
 
     # -- steps -------------------------------------------------------------------------
 
-    async def _step(self, upload: Upload, step: str, unrecorded: dict[str, Any]) -> bool:
-        """Run one step. Its results are recorded at once if it took a while (the status
-        then shows it) or has something to announce; a quick step's go with the next
-        write, saving a transaction."""
-        await self._publish(upload, "processing.step_started", step=step)
+    async def _step(self, upload: Upload, step: Step, unrecorded: dict[str, Any]) -> bool:
+        """Run one step (or record it skipped, when it does not apply to the upload's
+        type). Its results are recorded at once if it took a while (the status then shows
+        it) or has something to announce; a quick step's go with the next write, saving a
+        transaction."""
+        name = step.name
+        await self._publish(upload, "processing.step_started", step=name)
         begun = time.monotonic()
         try:
-            with tracing.span(f"processing.{step}", **{"uploader.upload_id": upload.id}):
-                result = await self.steps[step](upload)
+            if applies(step, upload.detected_type):
+                with tracing.span(f"processing.{name}", **{"uploader.upload_id": upload.id}):
+                    result = await step.run(upload, self._context(upload, name))
+            else:
+                result = StepResult(outcome="skipped")
         except StepFailed:
-            metrics.STEPS.labels(step, "failed").inc()
+            metrics.STEPS.labels(name, "failed").inc()
             raise
         except BaseException:
-            metrics.STEPS.labels(step, "error").inc()
+            metrics.STEPS.labels(name, "error").inc()
             raise
         finally:
-            metrics.STEP_DURATION.labels(step).observe(time.monotonic() - begun)
-        metrics.STEPS.labels(step, result.outcome).inc()
+            metrics.STEP_DURATION.labels(name).observe(time.monotonic() - begun)
+        metrics.STEPS.labels(name, result.outcome).inc()
         seconds = time.monotonic() - begun
         processing = dict(upload.processing or {})
         done = {"state": result.outcome, "seconds": round(seconds, 3)}
-        processing["steps"] = {**processing.get("steps", {}), step: done}
+        processing["steps"] = {**processing.get("steps", {}), name: done}
         unrecorded.update(result.fields, processing=processing)
-        for name, value in unrecorded.items():
-            setattr(upload, name, value)  # later steps see what earlier ones found
+        for field_name, value in unrecorded.items():
+            setattr(upload, field_name, value)  # later steps see what earlier ones found
         if seconds >= RECORD_STEPS_AFTER or result.announce:
             if not await self._advance(upload, UploadState.PROCESSING, **unrecorded):
                 return False
             unrecorded.clear()
         for event_type, extra in result.announce:
             await self._publish(upload, event_type, **extra)
-        await self._publish(upload, "processing.step_done", step=step, outcome=result.outcome)
+        await self._publish(upload, "processing.step_done", step=name, outcome=result.outcome)
         return True
-
-    async def _sniff(self, upload: Upload) -> StepResult:
-        head = await self._read(upload, 0, min(SNIFF_BYTES, upload.length or 0))
-        detected = self._detect(upload, head)
-        if not self._allowed(upload, detected):
-            # The declared type passed at creation; what the bytes are did not.
-            allowed = ", ".join(upload.allowed_types or [])
-            raise StepFailed(
-                f"upload.type_not_allowed: the file is {detected}, not among the token's types ({allowed})",
-                remove_bytes=True,
-            )
-        return StepResult({"detected_type": detected})
-
-    @staticmethod
-    def _allowed(upload: Upload, detected: str) -> bool:
-        return upload.allowed_types is None or type_allowed(detected, tuple(upload.allowed_types))
-
-    @staticmethod
-    def _detect(upload: Upload, head: bytes) -> str:
-        detected = sniff(head)
-        if not types_agree(upload.declared_type, detected):
-            log.info(
-                "processing.type_mismatch",
-                upload_id=upload.id,
-                declared=upload.declared_type,
-                detected=detected,
-            )
-        return detected
-
-    async def _sha256(self, upload: Upload) -> StepResult:
-        if upload.sha256 is not None:
-            digest, result = upload.sha256, StepResult()  # computed while the bytes arrived
-        else:
-            length = upload.length or 0
-            report = self._progress_reporter(upload, "sha256", length)
-            digest = await sha256_of(self._blocks(upload, 0, length), report)
-            result = StepResult({"sha256": digest})
-        if upload.declared_sha256 is not None and digest != upload.declared_sha256:
-            # The client declared other bytes (Repr-Digest) than it sent: nothing of what
-            # it sent is kept, and nothing will ever be deduplicated against it.
-            raise StepFailed(
-                f"upload.digest_mismatch: the bytes' SHA-256 is {digest}, "
-                f"the declared one {upload.declared_sha256}",
-                remove_bytes=True,
-            )
-        return result
-
-    async def _variants(self, upload: Upload) -> StepResult:
-        pillow_format = IMAGE_TYPES.get(upload.detected_type or "")
-        if pillow_format is None:
-            return StepResult(outcome="skipped")  # not an image we render, whatever was declared
-        length = upload.length or 0
-        if length > self.settings.image_max_bytes:
-            return StepResult({"media": {"note": "too large to render variants"}}, "skipped")
-        from workers.images import ImageRejected, render_variants  # Pillow: only when needed
-
-        data = await self._read(upload, 0, length)
-        specs = list(self.settings.variants)
-        try:
-            facts, rendered = await asyncio.to_thread(
-                render_variants, data, pillow_format, specs, self.settings.image_max_pixels
-            )
-        except ImageRejected as exc:
-            raise StepFailed(str(exc)) from exc
-        del data
-        variants: list[dict[str, Any]] = []
-        for done, variant in enumerate(rendered, start=1):
-            await self.store.put_derived(upload.storage_key, variant.name, variant.data)
-            entry = {
-                "name": variant.name,
-                "format": variant.format,
-                "media_type": variant.media_type,
-                "width": variant.width,
-                "height": variant.height,
-                "size": len(variant.data),
-                "sha256": hashlib.sha256(variant.data).hexdigest(),
-            }
-            variants.append(entry)
-            await self._publish(
-                upload, "processing.step_progress", step="variants", progress=done / len(rendered)
-            )
-        # Variants of an earlier run under names no longer configured go away.
-        await self.store.delete_derived(upload.storage_key, keep={v["name"] for v in variants})
-        return StepResult(
-            {"media": facts.as_json(), "variants": variants},
-            announce=[("variant.ready", {"variant": entry}) for entry in variants],
-        )
 
     # -- helpers -------------------------------------------------------------------------
 
-    async def _blocks(self, upload: Upload, start: int, end: int) -> AsyncIterator[bytes]:
-        stored = await self.store.find(upload.storage_key)
-        async for block in stored.reader(start, end):
-            yield block
+    def _context(self, upload: Upload, step: str) -> StepContext:
+        async def progress(fraction: float) -> None:
+            await self._publish(upload, "processing.step_progress", step=step, progress=fraction)
 
-    async def _read(self, upload: Upload, start: int, end: int) -> bytes:
-        buffer = io.BytesIO()
-        async for block in self._blocks(upload, start, end):
-            buffer.write(block)
-        return buffer.getvalue()
+        return StepContext(
+            settings=self.settings,
+            store=self.store,
+            progress=progress,
+            throttled=partial(self._progress_reporter, upload, step),
+        )
 
     def _progress_reporter(self, upload: Upload, step: str, total: int) -> Callable[[int], Awaitable[None]]:
         last = time.monotonic()

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from uploader.db.models import Upload
 from uploader.kit.logging import get_logger
 from uploader.observability.request_ids import TASK_REQUEST_ID, current_request_id
+from uploader.processing.celery_app import PROCESS_TASK, WEBHOOKS_TASK
 from uploader.settings import Settings
-from workers.celery_app import PROCESS_TASK, WEBHOOKS_TASK
 
 if TYPE_CHECKING:
     from celery import Celery

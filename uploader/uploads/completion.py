@@ -11,13 +11,13 @@ from uploader.db.models import ConcatRole, Upload, UploadState, utcnow
 from uploader.kit.errors import DependencyUnavailable, ProblemError
 from uploader.kit.logging import get_logger
 from uploader.observability import metrics
+from uploader.processing.steps.sniff import SNIFF_BYTES, sniff
 from uploader.storage.base import (
     RunningDigest,
     StoredUpload,
 )
 from uploader.uploads import repository
 from uploader.uploads.core import AwaitingFinish, ServiceCore, _mirror
-from workers.steps import SNIFF_BYTES, sniff
 
 log = get_logger(__name__)
 

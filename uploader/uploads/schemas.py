@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from uploader.db.models import Upload
+from uploader.processing.steps.sniff import types_agree
 from uploader.uploads.metadata import decoded
-from workers.steps import types_agree
 
 
 class UploadLinks(BaseModel):

@@ -18,6 +18,7 @@ from uploader.db.models import ConcatRole, Upload, UploadState, utcnow
 from uploader.kit.errors import DependencyUnavailable, ProblemError
 from uploader.kit.logging import get_logger
 from uploader.observability import metrics
+from uploader.processing.steps.sniff import sniff
 from uploader.quotas.admission import Admitted
 from uploader.storage.base import (
     AlreadyFinished,
@@ -42,7 +43,6 @@ from uploader.uploads.core import (
 from uploader.uploads.locks import LeaseLost, LockHolder
 from uploader.uploads.metadata import declared_type_of, encode_value, filename_of
 from uploader.uploads.removal import Removal
-from workers.steps import sniff
 
 log = get_logger(__name__)
 

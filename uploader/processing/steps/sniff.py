@@ -1,36 +1,21 @@
-"""Processing steps: plain functions over an upload's bytes, with no I/O of their own
-(the image step, which needs Pillow, is in ``workers.images``, imported when an image
-arrives).
+"""Sniffing: the media type an upload's first bytes show, from their signatures (never
+from what the client declared). Every later step is chosen by the type found here.
 
-The pipeline feeds them bytes and stores what they return, on a Celery worker or in the
-API process alike. Each is deterministic, so running a step twice gives the same result.
-"""
+Pure functions over bytes, used where an upload arrives too (its first bytes are
+sniffed as they pass, so a file no other step applies to is ready at once)."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import Collection, Sequence
+
+from uploader.auth.principal import type_allowed
+from uploader.db.models import Upload
+from uploader.kit.logging import get_logger
+from uploader.processing.steps.base import StepContext, StepFailed, StepResult
+
+log = get_logger(__name__)
 
 SNIFF_BYTES = 4096
-# Formats we decode, by the type sniffing found (never by what the client declared).
-IMAGE_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/gif": "GIF"}
-
-
-async def sha256_of(blocks: AsyncIterator[bytes], progress: Callable[[int], Any] | None = None) -> str:
-    """Hex SHA-256 of a byte stream; hashing runs off the event loop (hashlib drops the GIL)."""
-    digest = hashlib.sha256()
-    done = 0
-    async for block in blocks:
-        await asyncio.to_thread(digest.update, block)
-        done += len(block)
-        if progress is not None:
-            await progress(done)
-    return digest.hexdigest()
-
-
-# -- content sniffing ----------------------------------------------------------------
 
 
 def sniff(head: bytes) -> str:
@@ -118,3 +103,39 @@ def types_agree(declared: str | None, detected: str) -> bool:
         return True
     # Text formats are not told apart by their bytes; any text/* fits plain text.
     return detected == "text/plain" and (base.startswith("text/") or base.endswith(("+json", "/json")))
+
+
+def detect(upload: Upload, head: bytes) -> str:
+    """The type ``head`` shows; a declared type the bytes contradict is logged."""
+    detected = sniff(head)
+    if not types_agree(upload.declared_type, detected):
+        log.info(
+            "processing.type_mismatch", upload_id=upload.id, declared=upload.declared_type, detected=detected
+        )
+    return detected
+
+
+def allowed(upload: Upload, detected: str) -> bool:
+    """Whether the upload's token lets it be of the type its bytes show."""
+    return upload.allowed_types is None or type_allowed(detected, tuple(upload.allowed_types))
+
+
+class SniffStep:
+    name: str = "sniff"
+    types: Collection[str] | None = None
+    records: tuple[str, ...] = ("detected_type",)
+    announces: tuple[str, ...] = ()
+    from_arrival: bool = True
+
+    async def run(self, upload: Upload, context: StepContext) -> StepResult:
+        head = await context.read(upload, 0, min(SNIFF_BYTES, upload.length or 0))
+        detected = detect(upload, head)
+        if not allowed(upload, detected):
+            # The declared type passed at creation; what the bytes are did not.
+            allowed_types = ", ".join(upload.allowed_types or [])
+            raise StepFailed(
+                f"upload.type_not_allowed: the file is {detected}, "
+                f"not among the token's types ({allowed_types})",
+                remove_bytes=True,
+            )
+        return StepResult({"detected_type": detected})

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from tests.scanning import ClamdServer, clamd_installed
 from tests.support import (
     S3_TEST_BUCKET,
     S3_TEST_ENV,
@@ -170,6 +171,21 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     """A real ``uploader serve`` process on loopback with the embedded default."""
     server = start_server(tmp_path / "server")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdServer]:
+    """Debian's clamd with a signature database of the tests' own; required in CI."""
+    if not clamd_installed():
+        if IN_CI:
+            pytest.fail("clamd (Debian's clamav-daemon) is required in CI")
+        pytest.skip("clamd is not installed")
+    server = ClamdServer(tmp_path_factory.mktemp("clamd"), stream_max_bytes=2 * 1024 * 1024)
+    server.start()
     try:
         yield server
     finally:

@@ -240,6 +240,24 @@ class Settings(BaseSettings):
     image_max_bytes: int = Field(
         default=256 * MiB, gt=0, description="Larger images are kept but get no variants."
     )
+    clamav_url: str | None = Field(
+        default=None,
+        description="Every upload is scanned for malware by clamd here, before any decoder reads "
+        "it: tcp://host:port or unix:///path/to/clamd.ctl. Unset: no scanning.",
+    )
+    quarantine: bool = Field(
+        default=False,
+        description="Bytes of a rejected upload (malware found) are moved under a quarantine "
+        "prefix of the storage instead of deleted.",
+    )
+    scan_oversize: Literal["reject", "skip"] = Field(
+        default="reject",
+        description="A file longer than clamd's StreamMaxLength is rejected, or kept unscanned "
+        "(skip: the status says so).",
+    )
+    scan_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="clamd slower than this to connect, take a chunk or answer is down."
+    )
     task_soft_time_limit_seconds: int = Field(default=300, gt=0, description="A step past this fails.")
     task_time_limit_seconds: int = Field(default=360, gt=0, description="A worker past this is killed.")
     task_max_retries: int = Field(default=5, ge=0, description="Retries of a transient failure.")
@@ -297,6 +315,15 @@ class Settings(BaseSettings):
                 parse(value)
             except ValueError:
                 raise ValueError(f"{value!r} is not a rate such as 60/minute") from None
+        return value or None
+
+    @field_validator("clamav_url")
+    @classmethod
+    def _clamd(cls, value: str | None) -> str | None:
+        if value:
+            from uploader.processing.clamav import Clamd
+
+            Clamd(value)  # a ValueError says what an address looks like
         return value or None
 
     @field_validator("trusted_proxies")

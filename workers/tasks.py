@@ -21,7 +21,7 @@ from uploader.kit.logging import get_logger
 from uploader.observability import metrics, metrics_server, tracing
 from uploader.observability.request_ids import TASK_REQUEST_ID, current_request_id, sane_or_none
 from uploader.processing.celery_app import PROCESS_TASK, SWEEP_TASK, WEBHOOKS_TASK, build_celery
-from uploader.processing.pipeline import TRANSIENT_ERRORS
+from uploader.processing.pipeline import TRANSIENT_ERRORS, unavailable_reason
 from uploader.runtime import Runtime
 from uploader.settings import Settings
 from uploader.uploads import repository
@@ -95,7 +95,7 @@ def build_worker_app(settings: Settings) -> Celery:
         except TRANSIENT_ERRORS as exc:
             retries = task.request.retries
             if retries >= settings.task_max_retries:
-                context.run(context.runtime.pipeline.fail(upload_id, f"processing.unavailable: {exc}"))
+                context.run(context.runtime.pipeline.fail(upload_id, unavailable_reason(exc)))
                 return UploadState.FAILED
             log.warning("processing.retry", upload_id=upload_id, attempt=retries + 1, error=str(exc))
             raise task.retry(exc=exc, countdown=settings.task_retry_backoff_seconds * 2**retries) from exc

@@ -50,10 +50,10 @@ def upload_id(path: str) -> str:
 
 
 async def settled_status(client: httpx.AsyncClient, uid: str) -> dict[str, Any]:
-    """The upload's status once processing has ended (ready or failed), within 30 s."""
+    """The upload's status once processing has ended (ready, failed or rejected), within 30 s."""
     async with asyncio.timeout(30):
         while True:
             status: dict[str, Any] = (await client.get(f"/api/v1/uploads/{uid}")).json()
-            if status["state"] in ("ready", "failed"):
+            if status["state"] in ("ready", "failed", "rejected"):
                 return status
             await asyncio.sleep(0.05)

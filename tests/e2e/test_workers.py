@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import fresh_postgres_database
 from tests.images import decompression_bomb, is_upright, jpeg, zip_archive
+from tests.scanning import EICAR, SIGNATURE, ClamdServer
 from tests.sse import SseEvent, events_of, read_events
 from tests.support import (
     PATCH_HEADERS,
@@ -83,7 +84,7 @@ class Stack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = self.status(upload_id)
-            if status["state"] in ("ready", "failed"):
+            if status["state"] in ("ready", "failed", "rejected"):
                 return status
             time.sleep(0.1)
         raise AssertionError(f"{upload_id} still {status['state']}; worker log:\n{self.worker.log()[-3000:]}")
@@ -375,6 +376,37 @@ def test_transient_failures_retry_with_backoff_then_fail_readably(stack: Stack, 
     # Once storage is reachable again, reprocessing succeeds.
     assert httpx.post(f"{stack.api.url}/api/v1/uploads/{upload_id}/reprocess").status_code == 202
     assert stack.settled(upload_id)["state"] == "ready"
+
+
+def test_a_worker_scanning_with_clamd_rejects_eicar_and_reports_it(
+    stack: Stack, clamd: ClamdServer, tmp_path: Path
+) -> None:
+    """EICAR through the full stack: a real worker streams it from S3 to clamd, the upload
+    ends rejected with its bytes gone, and the signed webhook and the live event say so.
+    A clean file on the same worker is ready."""
+    stack.worker.stop()
+    env = {**stack.worker.env, "UPLOADER_CLAMAV_URL": clamd.url}
+    scanning = WorkerProcess(tmp_path / "scanning-worker.log", env)
+    try:
+        scanning.start()
+        upload_id = stack.upload(EICAR, "eicar.com", "application/octet-stream")
+        status = stack.settled(upload_id)
+        assert status["state"] == "rejected", status
+        assert status["failure_reason"] == f"malware: {SIGNATURE}"
+        assert status["processing"]["steps"]["scan"]["state"] == "failed"
+        content = httpx.get(f"{stack.api.url}/api/v1/uploads/{upload_id}/content")
+        assert (content.status_code, content.json()["code"]) == (410, "upload.rejected")
+        assert stack.webhooks.wait_for({"upload.rejected"})
+        mine = [body for _, body in stack.webhooks.deliveries() if body["upload_id"] == upload_id]
+        assert [body["type"] for body in mine][-1] == "upload.rejected"
+        assert events_of(stack.api, upload_id)[-1].type == "upload.rejected"  # the stream ends there
+        clean = stack.upload(b"a clean file\n" * 1000, "clean.txt", "text/plain")
+        status = stack.settled(clean)
+        assert status["state"] == "ready", status
+        assert status["processing"]["steps"]["scan"]["detail"] == "clean"
+    finally:
+        scanning.stop()
+        stack.worker.start()
 
 
 def test_ping_worker_answers_for_a_running_worker_only(stack: Stack) -> None:

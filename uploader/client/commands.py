@@ -40,7 +40,7 @@ MIN_PART = 5 * 1024 * 1024  # smaller files go up in one part, whatever --parall
 RETRIES = 5
 HASH_BLOCK = 4 * 1024 * 1024
 _ID = re.compile(r"([0-9a-f]{32})/?(?:[?#].*)?$")
-TERMINAL = {"upload.ready", "upload.failed", "upload.expired", "upload.terminated"}
+TERMINAL = {"upload.ready", "upload.failed", "upload.rejected", "upload.expired", "upload.terminated"}
 
 stderr = Console(stderr=True, soft_wrap=True, highlight=False)  # messages stay one line for scripts
 

@@ -60,13 +60,20 @@ class UploadState(enum.StrEnum):
     PROCESSING = "processing"
     READY = "ready"
     FAILED = "failed"
+    REJECTED = "rejected"  # processing refused the file itself (malware): its bytes are gone
     EXPIRED = "expired"
     TERMINATED = "terminated"
 
 
 GONE_STATES = frozenset({UploadState.EXPIRED, UploadState.TERMINATED})
 COMPLETE_STATES = frozenset(
-    {UploadState.RECEIVED, UploadState.PROCESSING, UploadState.READY, UploadState.FAILED}
+    {
+        UploadState.RECEIVED,
+        UploadState.PROCESSING,
+        UploadState.READY,
+        UploadState.FAILED,
+        UploadState.REJECTED,
+    }
 )
 
 

@@ -15,7 +15,9 @@ from typing import Any, Protocol
 
 from uploader.kit.errors import DependencyUnavailable
 
-TERMINAL_TYPES = frozenset({"upload.ready", "upload.failed", "upload.expired", "upload.terminated"})
+TERMINAL_TYPES = frozenset(
+    {"upload.ready", "upload.failed", "upload.rejected", "upload.expired", "upload.terminated"}
+)
 
 
 class EventsUnavailable(DependencyUnavailable):

@@ -22,7 +22,7 @@ from uploader.uploads.dependencies import checked_upload_id, service_of
 router = APIRouter(prefix="/api/v1", tags=["events"])
 _SSE_CACHE: OrderedDict[tuple[int, str], str] = OrderedDict()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-FINISHED = {UploadState.READY, UploadState.FAILED, UploadState.EXPIRED}
+FINISHED = {UploadState.READY, UploadState.FAILED, UploadState.REJECTED, UploadState.EXPIRED}
 REPLAY_CHUNK = 100  # events written at once while replaying, then the loop serves others
 _open_streams: Counter[str] = Counter()  # per principal, on this process
 

@@ -13,7 +13,7 @@ from typing import Any
 from uploader.db.engine import Database
 from uploader.db.models import Upload, UploadState
 from uploader.kit.logging import get_logger
-from uploader.processing.pipeline import TRANSIENT_ERRORS, Pipeline
+from uploader.processing.pipeline import TRANSIENT_ERRORS, Pipeline, unavailable_reason
 from uploader.processing.steps.sniff import SNIFF_BYTES
 from uploader.settings import Settings
 from uploader.uploads import repository
@@ -71,7 +71,7 @@ class EmbeddedProcessor:
 
     async def _give_up(self, upload_id: str, exc: BaseException) -> None:
         try:
-            await self.pipeline.fail(upload_id, f"processing.unavailable: {exc}")
+            await self.pipeline.fail(upload_id, unavailable_reason(exc))
         except TRANSIENT_ERRORS:
             log.exception("processing.abandoned", upload_id=upload_id)  # resumed at the next start
 

@@ -25,10 +25,12 @@ from uploader.db.models import Upload, UploadState, utcnow
 from uploader.events.bus import EventBus
 from uploader.kit.logging import get_logger
 from uploader.observability import metrics, tracing
+from uploader.processing.clamav import ScannerUnavailable
 from uploader.processing.steps import (
     Step,
     StepContext,
     StepFailed,
+    StepRejected,
     StepResult,
     applies,
     catalogue,
@@ -50,6 +52,15 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.InterfaceError,
     ConnectionError,  # EventsUnavailable among them: the event broker is away
 )
+
+
+def unavailable_reason(exc: BaseException) -> str:
+    """Why an upload failed once the retries of a transient error ran out: the code of
+    the dependency (``scan.unavailable``), else ``processing.unavailable``."""
+    code = ScannerUnavailable.code if isinstance(exc, ScannerUnavailable) else "processing.unavailable"
+    return f"{code}: {exc}"
+
+
 PROGRESS_INTERVAL = 0.25  # seconds between progress events of one step
 RECORD_STEPS_AFTER = 0.2  # a step taking longer is recorded on its own
 
@@ -90,8 +101,12 @@ class Pipeline:
                         return await self._left_processing(upload)
         except TRANSIENT_ERRORS:
             raise
+        except StepRejected as exc:
+            state = UploadState.REJECTED
+            await self.fail(upload_id, exc.reason, remove_bytes=True, state=state, found=unrecorded)
+            return state
         except StepFailed as exc:
-            await self.fail(upload_id, exc.reason, remove_bytes=exc.remove_bytes)
+            await self.fail(upload_id, exc.reason, remove_bytes=exc.remove_bytes, found=unrecorded)
             return UploadState.FAILED
         except TimeoutError:
             limit = self.settings.task_soft_time_limit_seconds
@@ -153,28 +168,44 @@ class Pipeline:
             await self.store.delete_derived(upload.storage_key)
         return current.state if current is not None else None
 
-    async def fail(self, upload_id: str, reason: str, *, remove_bytes: bool = False) -> bool:
-        """End a received or processing upload in ``failed``; False if it was elsewhere.
-        ``remove_bytes``: its bytes go too (recorded first, as a removal is)."""
+    async def fail(
+        self,
+        upload_id: str,
+        reason: str,
+        *,
+        remove_bytes: bool = False,
+        state: str = UploadState.FAILED,
+        found: dict[str, Any] | None = None,
+    ) -> bool:
+        """End a received or processing upload in ``failed`` (or ``rejected``: the file
+        itself is refused), recording ``found`` (what the steps found) with it; False if
+        it was elsewhere. ``remove_bytes``: its bytes go too (recorded first, as a removal
+        is), or to quarantine when rejected there."""
         upload = await self.db.run(lambda s: repository.get(s, upload_id))
         if upload is None:
             return False
         removal = {"bytes_removed": True} if remove_bytes else {}
-        for state in (UploadState.PROCESSING, UploadState.RECEIVED):
-            if upload.state == state and await self._advance(
-                upload, state, report=True, state=UploadState.FAILED, failure_reason=reason[:2000], **removal
-            ):
-                metrics.PROCESSING_FINISHED.labels("failed").inc()
+        fields = {**(found or {}), "state": state, "failure_reason": reason[:2000], **removal}
+        for expected in (UploadState.PROCESSING, UploadState.RECEIVED):
+            if upload.state == expected and await self._advance(upload, expected, report=True, **fields):
+                metrics.PROCESSING_FINISHED.labels(state).inc()
                 log.warning(
-                    "processing.failed", upload_id=upload_id, reason=reason, bytes_removed=remove_bytes
+                    f"processing.{state}", upload_id=upload_id, reason=reason, bytes_removed=remove_bytes
                 )
                 if remove_bytes:
-                    stored = await self.store.find(upload.storage_key)
-                    if isinstance(stored, TerminatableUpload):
-                        await stored.terminate()
-                await self._publish(upload, "upload.failed")
+                    await self._remove_bytes(upload, quarantine=state == UploadState.REJECTED)
+                await self._publish(upload, f"upload.{state}")
                 return True
         return False
+
+    async def _remove_bytes(self, upload: Upload, *, quarantine: bool) -> None:
+        if quarantine and self.settings.quarantine:
+            where = await self.store.quarantine(upload.storage_key)
+            log.warning("upload.quarantined", upload_id=upload.id, location=where)
+            return
+        stored = await self.store.find(upload.storage_key)
+        if isinstance(stored, TerminatableUpload):
+            await stored.terminate()
 
     # -- steps -------------------------------------------------------------------------
 
@@ -194,6 +225,10 @@ class Pipeline:
                 result = StepResult(outcome="skipped")
         except StepFailed:
             metrics.STEPS.labels(name, "failed").inc()
+            # What the steps before it found is kept with the failure, and which one failed.
+            processing = dict(upload.processing or {})
+            failed = {"state": "failed", "seconds": round(time.monotonic() - begun, 3)}
+            unrecorded["processing"] = {**processing, "steps": {**processing.get("steps", {}), name: failed}}
             raise
         except BaseException:
             metrics.STEPS.labels(name, "error").inc()
@@ -203,7 +238,9 @@ class Pipeline:
         metrics.STEPS.labels(name, result.outcome).inc()
         seconds = time.monotonic() - begun
         processing = dict(upload.processing or {})
-        done = {"state": result.outcome, "seconds": round(seconds, 3)}
+        done: dict[str, Any] = {"state": result.outcome, "seconds": round(seconds, 3)}
+        if result.detail:
+            done["detail"] = result.detail
         processing["steps"] = {**processing.get("steps", {}), name: done}
         unrecorded.update(result.fields, processing=processing)
         for field_name, value in unrecorded.items():

@@ -169,6 +169,12 @@ class UploadStore(Protocol):
         state it was left in."""
         ...
 
+    async def quarantine(self, key: str) -> str:
+        """Move the stored bytes of ``key`` where nothing serves or sweeps them (a folder
+        beside the storage folder; a ``quarantine/`` prefix in S3), remove the rest, and
+        return where they went."""
+        ...
+
     async def start(self) -> None:
         """Open clients and pools once per process."""
         ...

@@ -362,6 +362,23 @@ class LocalStore:
 
         return await asyncio.to_thread(scan)
 
+    @metrics.timed_storage("local", "quarantine")
+    async def quarantine(self, key: str) -> str:
+        # Beside the storage folder, not in it: nothing that lists uploads sees it there.
+        target = self.root.parent / f"{self.root.name}-quarantine" / key
+
+        def move() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self._path(key), target)
+
+        try:
+            await asyncio.to_thread(move)
+        except OSError as exc:
+            raise StorageUnavailable(f"{target}: {exc}") from exc
+        await self.remove_key(key)  # what is left: derived files, bookkeeping
+        return str(target)
+
     @metrics.timed_storage("local", "remove_key")
     async def remove_key(self, key: str) -> None:
         await LocalUpload(key, self._path(key), self.checkpoint_bytes).terminate()

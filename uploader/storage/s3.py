@@ -55,6 +55,8 @@ READ_BLOCK = 1024 * 1024
 # checksum. Declared when the multipart upload starts, as S3 clients do: without it, S3
 # (and moto) derive a whole-object CRC64 at completion instead.
 PART_CHECKSUM = "CRC32"
+MAX_COPY_BYTES = 5 * 1024**3  # CopyObject's limit
+COPY_PART_BYTES = 1024**3
 _STORAGE_KEY = re.compile(r"^[0-9a-f]{32}$")  # what ``new_storage_key`` makes
 T = TypeVar("T")
 Buffer = bytes | memoryview
@@ -735,6 +737,52 @@ class S3Store:
         for object_key in await self.list_keys(self.prefix + key):
             await self.delete(object_key)
         self.known_info.pop(key, None)
+
+    @metrics.timed_storage("s3", "quarantine")
+    async def quarantine(self, key: str) -> str:
+        # ``quarantine/`` is no storage key: the orphan sweep passes it by.
+        source, target = self.prefix + key, f"{self.prefix}quarantine/{key}"
+        try:
+            head = await _s3(self.client.head_object(Bucket=self.bucket, Key=source))
+        except StorageUnavailable as exc:
+            if not _is_missing(exc):
+                raise
+        else:
+            await self._copy(source, target, int(head["ContentLength"]))
+        await self.remove_key(key)
+        return f"s3://{self.bucket}/{target}"
+
+    async def _copy(self, source: str, target: str, size: int) -> None:
+        """Copy an object inside the bucket; past CopyObject's 5 GiB, part by part."""
+        copy_source = {"Bucket": self.bucket, "Key": source}
+        if size <= MAX_COPY_BYTES:
+            # A checksum of the copy's own: the source's may be of its parts (a multipart upload).
+            await _s3(
+                self.client.copy_object(
+                    Bucket=self.bucket, Key=target, CopySource=copy_source, ChecksumAlgorithm=PART_CHECKSUM
+                )
+            )
+            return
+        created = await _s3(self.client.create_multipart_upload(Bucket=self.bucket, Key=target))
+        multipart_id, parts = created["UploadId"], []
+        for number, start in enumerate(range(0, size, COPY_PART_BYTES), start=1):
+            end = min(size, start + COPY_PART_BYTES) - 1
+            copied = await _s3(
+                self.client.upload_part_copy(
+                    Bucket=self.bucket,
+                    Key=target,
+                    UploadId=multipart_id,
+                    PartNumber=number,
+                    CopySource=copy_source,
+                    CopySourceRange=f"bytes={start}-{end}",
+                )
+            )
+            parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
+        await _s3(
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=target, UploadId=multipart_id, MultipartUpload={"Parts": parts}
+            )
+        )
 
     # -- derived files: ``K.derived/<name>``, so terminating an upload removes them too ----
 

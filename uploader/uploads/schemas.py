@@ -23,6 +23,7 @@ class UploadLinks(BaseModel):
 class StepStatus(BaseModel):
     state: str = Field(description="pending, done or skipped")
     seconds: float | None = None
+    detail: str | None = Field(default=None, description="what the step found, in a few words")
 
 
 class Processing(BaseModel):

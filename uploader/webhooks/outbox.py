@@ -39,7 +39,7 @@ from uploader.db.models import ConcatRole, Upload, utcnow, webhook_outbox
 from uploader.observability import tracing
 from uploader.observability.request_ids import current_request_id
 
-WEBHOOK_EVENTS = frozenset({"upload.received", "upload.ready", "upload.failed"})
+WEBHOOK_EVENTS = frozenset({"upload.received", "upload.ready", "upload.failed", "upload.rejected"})
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 STATUSES = (PENDING, DELIVERED, DEAD)
 

@@ -3,13 +3,16 @@ upload: every step in order, each naming the detected types it applies to."""
 
 from __future__ import annotations
 
+from uploader.processing.clamav import Clamd
 from uploader.processing.steps.base import (
     Step,
     StepContext,
     StepFailed,
+    StepRejected,
     StepResult,
     applies,
 )
+from uploader.processing.steps.scan import ScanStep
 from uploader.processing.steps.sha256 import Sha256Step
 from uploader.processing.steps.sniff import SniffStep
 from uploader.processing.steps.variants import VariantsStep
@@ -19,6 +22,7 @@ __all__ = [
     "Step",
     "StepContext",
     "StepFailed",
+    "StepRejected",
     "StepResult",
     "applies",
     "catalogue",
@@ -28,9 +32,12 @@ __all__ = [
 
 def catalogue(settings: Settings) -> tuple[Step, ...]:
     """Every step this deployment runs, in order. Sniffing comes first: what it finds
-    chooses the rest."""
-    del settings  # steps that need a service of their own are added when it is configured
-    return (SniffStep(), Sha256Step(), VariantsStep())
+    chooses the rest. Scanning, where configured, comes before any step that decodes."""
+    scanning: tuple[Step, ...] = ()
+    if settings.clamav_url:
+        clamd = Clamd(settings.clamav_url, settings.scan_timeout_seconds)
+        scanning = (ScanStep(clamd, settings.scan_oversize),)
+    return (SniffStep(), Sha256Step(), *scanning, VariantsStep())
 
 
 def pipeline_for(steps: tuple[Step, ...], detected_type: str | None) -> tuple[Step, ...]:

@@ -22,6 +22,7 @@ class StepResult:
     # Events that promise what the fields record (a variant is downloadable): published
     # only once the fields are in the database, so the step is recorded at once.
     announce: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    detail: str | None = None  # shown beside the step's state in the status ("clean")
 
 
 class StepFailed(Exception):
@@ -31,6 +32,14 @@ class StepFailed(Exception):
         super().__init__(reason)
         self.reason = reason
         self.remove_bytes = remove_bytes  # what arrived must not be kept (a refused type)
+
+
+class StepRejected(StepFailed):
+    """The file itself is refused (malware): the upload ends ``rejected``, and its bytes
+    are removed, or quarantined where the deployment keeps them."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, remove_bytes=True)
 
 
 @dataclass

@@ -206,26 +206,9 @@ def test_a_stale_writers_slow_part_never_mixes_into_the_new_writers_upload(
     """The old writer's lease goes (Redis restarted without persistence) while one of its
     parts is still on the way to S3 and lands late. The new writer waits it out before it
     writes the same part numbers, so the object is the new writer's bytes alone."""
-    prefix = secrets.token_hex(6)
-    shared = {
-        "UPLOADER_STORAGE_URL": f"s3://{S3_TEST_BUCKET}/{prefix}",
-        "UPLOADER_S3_ENDPOINT_URL": faulty_s3.url,
-        "UPLOADER_S3_PART_SIZE": str(5 * MiB),
-        "UPLOADER_REDIS_URL": own_redis.url,
-        "UPLOADER_REDIS_PREFIX": "faults",
-        "UPLOADER_DATA_DIR": str(tmp_path / "shared"),
-        "UPLOADER_PROCESSING": "off",
-        **S3_TEST_ENV,
-    }
-    first = start_server(tmp_path / "first", **shared)
-    second = start_server(tmp_path / "second", **shared)
-    settings = Settings(
-        data_dir=tmp_path / "shared",
-        storage_url=shared["UPLOADER_STORAGE_URL"],
-        s3_endpoint_url=faulty_s3.url,
+    first, second, settings = two_processes(
+        tmp_path, faulty_s3, own_redis, UPLOADER_S3_PART_SIZE=str(5 * MiB)
     )
-    for name, value in S3_TEST_ENV.items():
-        os.environ.setdefault(name, value)
     try:
         length = 12 * MiB
         old, new = b"A" * length, b"B" * length
@@ -260,6 +243,34 @@ def test_a_stale_writers_slow_part_never_mixes_into_the_new_writers_upload(
         second.stop()
 
 
+def two_processes(
+    tmp_path: Path, faulty_s3: FaultyProxy, own_redis: RedisServer, **env: str
+) -> tuple[LiveServer, LiveServer, Settings]:
+    """Two API processes sharing a database, Redis and S3 behind the faulty proxy; and the
+    settings that reach what they store."""
+    prefix = secrets.token_hex(6)
+    shared = {
+        "UPLOADER_STORAGE_URL": f"s3://{S3_TEST_BUCKET}/{prefix}",
+        "UPLOADER_S3_ENDPOINT_URL": faulty_s3.url,
+        "UPLOADER_REDIS_URL": own_redis.url,
+        "UPLOADER_REDIS_PREFIX": "faults",
+        "UPLOADER_DATA_DIR": str(tmp_path / "shared"),
+        "UPLOADER_PROCESSING": "off",
+        **S3_TEST_ENV,
+        **env,
+    }
+    first = start_server(tmp_path / "first", **shared)
+    second = start_server(tmp_path / "second", **shared)
+    for name, value in S3_TEST_ENV.items():
+        os.environ.setdefault(name, value)
+    settings = Settings(
+        data_dir=tmp_path / "shared",
+        storage_url=shared["UPLOADER_STORAGE_URL"],
+        s3_endpoint_url=faulty_s3.url,
+    )
+    return first, second, settings
+
+
 def create_on(server: LiveServer, length: int) -> str:
     created = httpx.post(server.tus_url, headers={**TUS, "Upload-Length": str(length)}, timeout=30)
     assert created.status_code == 201, created.text
@@ -276,26 +287,7 @@ def test_a_process_killed_after_completing_the_object_leaves_an_upload_others_fi
     object, or after. The client resumes on another process, which wrote the upload's
     earlier chunks and knows the multipart upload that is gone: its PATCH completes the
     upload, never a 503 for ever."""
-    prefix = secrets.token_hex(6)
-    shared = {
-        "UPLOADER_STORAGE_URL": f"s3://{S3_TEST_BUCKET}/{prefix}",
-        "UPLOADER_S3_ENDPOINT_URL": faulty_s3.url,
-        "UPLOADER_S3_MAX_ATTEMPTS": "2",
-        "UPLOADER_REDIS_URL": own_redis.url,
-        "UPLOADER_REDIS_PREFIX": "faults",
-        "UPLOADER_DATA_DIR": str(tmp_path / "shared"),
-        "UPLOADER_PROCESSING": "off",
-        **S3_TEST_ENV,
-    }
-    first = start_server(tmp_path / "first", **shared)
-    second = start_server(tmp_path / "second", **shared)
-    settings = Settings(
-        data_dir=tmp_path / "shared",
-        storage_url=shared["UPLOADER_STORAGE_URL"],
-        s3_endpoint_url=faulty_s3.url,
-    )
-    for name, value in S3_TEST_ENV.items():
-        os.environ.setdefault(name, value)
+    first, second, settings = two_processes(tmp_path, faulty_s3, own_redis, UPLOADER_S3_MAX_ATTEMPTS="2")
     try:
         data = os.urandom(MiB + 4321)
         chunk = 256 * 1024

@@ -240,6 +240,9 @@ class Settings(BaseSettings):
     image_max_bytes: int = Field(
         default=256 * MiB, gt=0, description="Larger images are kept but get no variants."
     )
+    pdf_max_bytes: int = Field(
+        default=256 * MiB, gt=0, description="Larger PDFs are kept but get no page count or render."
+    )
     clamav_url: str | None = Field(
         default=None,
         description="Every upload is scanned for malware by clamd here, before any decoder reads "

@@ -39,8 +39,15 @@ async def send(client: httpx.AsyncClient, data: bytes, name: str) -> str:
 
 
 async def event_types(client: httpx.AsyncClient, uid: str) -> list[str]:
+    """The upload's events once the one that ends it is among them (it is published just
+    after the state is recorded and the bytes are removed)."""
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
-    return [event.type for event in await runtime.events.history("anonymous", uid, None)]
+    for _ in range(100):
+        types = [event.type for event in await runtime.events.history("anonymous", uid, None)]
+        if {"upload.ready", "upload.rejected", "upload.failed"} & set(types):
+            break
+        await asyncio.sleep(0.05)
+    return types
 
 
 async def removed(settings: Settings, key: str) -> bool:

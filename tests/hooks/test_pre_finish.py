@@ -13,12 +13,13 @@ import httpx
 import pytest
 
 from tests.api.helpers import create, patch, settled_status, upload_id
+from tests.documents import pdf_document
 from tests.hooks.conftest import HookReceiver
 from tests.hooks.test_hooks import PROTOCOLS, SECRET
 from tests.support import TUS, in_process_client, stored_objects
 from uploader.settings import Settings
 
-PDF = b"%PDF-1.7\n" + b"x" * 5000
+PDF = pdf_document(pages=2)  # a real one: processing reads it
 
 
 @pytest.fixture(params=["sqlite+local", "postgres+local", "postgres+s3"])

@@ -47,12 +47,21 @@ def test_each_step_is_a_module_of_its_own_behind_the_step_protocol() -> None:
 
 def test_the_steps_are_chosen_by_detected_type_from_one_table() -> None:
     steps = catalogue(Settings())
+    scanning = catalogue(Settings(clamav_url="tcp://127.0.0.1:3310"))
 
     def names(detected: str | None) -> list[str]:
         return [step.name for step in pipeline_for(steps, detected)]
 
     assert names("image/jpeg") == ["sniff", "sha256", "variants"]
     assert names("image/png") == ["sniff", "sha256", "variants"]
-    assert names("application/pdf") == ["sniff", "sha256"]
+    assert names("application/pdf") == ["sniff", "sha256", "pdf"]
     assert names("text/plain") == ["sniff", "sha256"]
     assert names(None) == ["sniff", "sha256"]  # before sniffing: the steps for every file
+    # Scanning, when configured, applies to every file, before any step that decodes.
+    assert [step.name for step in pipeline_for(scanning, "image/png")] == [
+        "sniff",
+        "sha256",
+        "scan",
+        "variants",
+    ]
+    assert [step.name for step in pipeline_for(scanning, "text/plain")] == ["sniff", "sha256", "scan"]

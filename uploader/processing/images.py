@@ -139,7 +139,12 @@ def render_variants(
         frame = frame.reduce(factor)
     if transpose is not None:
         frame = frame.transpose(transpose)
+    return facts, variants_of(frame, specs)
 
+
+def variants_of(frame: Image.Image, specs: Sequence[VariantSpec]) -> list[RenderedVariant]:
+    """Every variant of an upright picture (a decoded image, a document's first page, a
+    video's poster frame), each size made from the next larger one, without metadata."""
     variants: list[RenderedVariant] = []
     scaled: dict[int, Image.Image] = {}
     source = frame
@@ -158,7 +163,7 @@ def render_variants(
                 data=_encode(picture, spec.format),
             )
         )
-    return facts, variants
+    return variants
 
 
 _SWAPS = {

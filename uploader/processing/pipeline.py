@@ -31,7 +31,6 @@ from uploader.processing.steps import (
     StepContext,
     StepFailed,
     StepRejected,
-    StepResult,
     applies,
     catalogue,
     pipeline_for,
@@ -83,7 +82,8 @@ class Pipeline:
         if upload is None or upload.state not in (UploadState.RECEIVED, UploadState.PROCESSING):
             return None  # finished, removed, or a duplicate delivery after the fact
         if upload.state == UploadState.RECEIVED:
-            steps = {step.name: {"state": "pending"} for step in self.steps}
+            pipeline = pipeline_for(self.steps, upload.detected_type)  # more once sniffed
+            steps = {step.name: {"state": "pending"} for step in pipeline}
             started = {"steps": steps, "started_at": utcnow().isoformat()}
             if not await self._advance(
                 upload, UploadState.RECEIVED, state=UploadState.PROCESSING, processing=started
@@ -97,6 +97,8 @@ class Pipeline:
         try:
             async with asyncio.timeout(self.settings.task_soft_time_limit_seconds):
                 for step in self.steps:
+                    if not applies(step, upload.detected_type):
+                        continue  # not for this type of file: not run, not listed
                     if not await self._step(upload, step, unrecorded):
                         return await self._left_processing(upload)
         except TRANSIENT_ERRORS:
@@ -139,10 +141,7 @@ class Pipeline:
         if any(not step.from_arrival for step in pipeline_for(self.steps, detected)):
             return None  # a full run, for the steps of its type (image variants, …)
         now = utcnow().isoformat()
-        steps = {
-            step.name: {"state": "done" if applies(step, detected) else "skipped", "seconds": 0.0}
-            for step in self.steps
-        }
+        steps = {step.name: {"state": "done", "seconds": 0.0} for step in pipeline_for(self.steps, detected)}
         processing = {"steps": steps, "started_at": now, "finished_at": now}
         return {"state": UploadState.READY, "detected_type": detected, "processing": processing}
 
@@ -210,19 +209,15 @@ class Pipeline:
     # -- steps -------------------------------------------------------------------------
 
     async def _step(self, upload: Upload, step: Step, unrecorded: dict[str, Any]) -> bool:
-        """Run one step (or record it skipped, when it does not apply to the upload's
-        type). Its results are recorded at once if it took a while (the status then shows
-        it) or has something to announce; a quick step's go with the next write, saving a
-        transaction."""
+        """Run one step. Its results are recorded at once if it took a while (the status
+        then shows it) or has something to announce; a quick step's go with the next
+        write, saving a transaction."""
         name = step.name
         await self._publish(upload, "processing.step_started", step=name)
         begun = time.monotonic()
         try:
-            if applies(step, upload.detected_type):
-                with tracing.span(f"processing.{name}", **{"uploader.upload_id": upload.id}):
-                    result = await step.run(upload, self._context(upload, name))
-            else:
-                result = StepResult(outcome="skipped")
+            with tracing.span(f"processing.{name}", **{"uploader.upload_id": upload.id}):
+                result = await step.run(upload, self._context(upload, name))
         except StepFailed:
             metrics.STEPS.labels(name, "failed").inc()
             # What the steps before it found is kept with the failure, and which one failed.
@@ -241,7 +236,11 @@ class Pipeline:
         done: dict[str, Any] = {"state": result.outcome, "seconds": round(seconds, 3)}
         if result.detail:
             done["detail"] = result.detail
-        processing["steps"] = {**processing.get("steps", {}), name: done}
+        steps = {**processing.get("steps", {}), name: done}
+        # Once sniffing has found the type, the steps it calls for are listed, pending.
+        for later in pipeline_for(self.steps, result.fields.get("detected_type", upload.detected_type)):
+            steps.setdefault(later.name, {"state": "pending"})
+        processing["steps"] = steps
         unrecorded.update(result.fields, processing=processing)
         for field_name, value in unrecorded.items():
             setattr(upload, field_name, value)  # later steps see what earlier ones found

@@ -44,10 +44,15 @@ class Variant(BaseModel):
 
 class Media(BaseModel):
     format: str | None = None
-    width: int | None = None
+    width: int | None = Field(default=None, description="pixels, upright (images)")
     height: int | None = None
     exif: dict[str, Any] = Field(default_factory=dict)
     note: str | None = None
+    pages: int | None = Field(default=None, description="documents: how many pages")
+    page_width_pt: float | None = Field(default=None, description="documents: the first page, in points")
+    page_height_pt: float | None = None
+    title: str | None = Field(default=None, description="documents: the title in their metadata")
+    author: str | None = None
 
 
 class UploadStatus(BaseModel):

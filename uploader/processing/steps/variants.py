@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uploader.db.models import Upload
 from uploader.processing.steps.base import StepContext, StepFailed, StepResult
+
+if TYPE_CHECKING:
+    from uploader.processing.images import RenderedVariant
 
 # Formats we decode, by the type sniffing found (never by what the client declared).
 IMAGE_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/gif": "GIF"}
@@ -39,23 +42,30 @@ class VariantsStep:
         except ImageRejected as exc:
             raise StepFailed(str(exc)) from exc
         del data
-        variants: list[dict[str, Any]] = []
-        for done, variant in enumerate(rendered, start=1):
-            await context.store.put_derived(upload.storage_key, variant.name, variant.data)
-            entry = {
-                "name": variant.name,
-                "format": variant.format,
-                "media_type": variant.media_type,
-                "width": variant.width,
-                "height": variant.height,
-                "size": len(variant.data),
-                "sha256": hashlib.sha256(variant.data).hexdigest(),
-            }
-            variants.append(entry)
-            await context.progress(done / len(rendered))
-        # Variants of an earlier run under names no longer configured go away.
-        await context.store.delete_derived(upload.storage_key, keep={v["name"] for v in variants})
-        return StepResult(
-            {"media": facts.as_json(), "variants": variants},
-            announce=[("variant.ready", {"variant": entry}) for entry in variants],
-        )
+        return await stored(upload, context, facts.as_json(), rendered)
+
+
+async def stored(
+    upload: Upload, context: StepContext, media: dict[str, Any], rendered: list[RenderedVariant]
+) -> StepResult:
+    """Store rendered variants as the upload's derived files (replacing an earlier run's,
+    removing names no longer configured) and say what to record and announce."""
+    variants: list[dict[str, Any]] = []
+    for done, variant in enumerate(rendered, start=1):
+        await context.store.put_derived(upload.storage_key, variant.name, variant.data)
+        entry = {
+            "name": variant.name,
+            "format": variant.format,
+            "media_type": variant.media_type,
+            "width": variant.width,
+            "height": variant.height,
+            "size": len(variant.data),
+            "sha256": hashlib.sha256(variant.data).hexdigest(),
+        }
+        variants.append(entry)
+        await context.progress(done / len(rendered))
+    await context.store.delete_derived(upload.storage_key, keep={v["name"] for v in variants})
+    return StepResult(
+        {"media": media, "variants": variants},
+        announce=[("variant.ready", {"variant": entry}) for entry in variants],
+    )

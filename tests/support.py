@@ -248,12 +248,13 @@ class WorkerProcess:
 
     def start(self, concurrency: int = 1, *extra_args: str) -> None:
         args = ["worker", f"--concurrency={concurrency}", *extra_args]
+        earlier = len(self.log())  # a restarted worker writes after its predecessor's lines
         self.process = spawn_uploader(args, self.env, self.log_path)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited: {self.log()[-3000:]}")
-            if "ready." in self.log():
+            if "ready." in self.log()[earlier:]:
                 return
             time.sleep(0.1)
         raise RuntimeError(f"worker did not start in 60 s: {self.log()[-3000:]}")

@@ -240,6 +240,14 @@ class Settings(BaseSettings):
     image_max_bytes: int = Field(
         default=256 * MiB, gt=0, description="Larger images are kept but get no variants."
     )
+    media_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="An ffprobe or ffmpeg run taking longer is killed; the upload fails."
+    )
+    media_memory_bytes: int = Field(
+        default=2 * 1024 * MiB,
+        gt=0,
+        description="Address space of an ffprobe or ffmpeg run (RLIMIT_AS).",
+    )
     pdf_max_bytes: int = Field(
         default=256 * MiB, gt=0, description="Larger PDFs are kept but get no page count or render."
     )

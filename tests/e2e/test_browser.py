@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import IN_CI
 from tests.images import jpeg
+from tests.media import ffmpeg_installed, video_clip
 from tests.support import LiveServer, metadata, random_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("browser")]
@@ -47,6 +48,30 @@ def browser() -> Iterator[Any]:
             yield launched
         finally:
             launched.close()
+
+
+def test_demo_page_shows_a_videos_poster_frame(live_server: LiveServer, browser: Any, tmp_path: Path) -> None:
+    if not ffmpeg_installed():
+        if IN_CI:
+            pytest.fail("ffmpeg is required in CI (tests/run installs it)")
+        pytest.skip("ffmpeg is not installed")
+    clip = tmp_path / "walk.mp4"
+    clip.write_bytes(video_clip(tmp_path))
+    page = browser.new_page()
+    page.goto(f"{live_server.url}/")
+    page.locator(".uppy-Dashboard-input").first.set_input_files(str(clip))
+    page.locator(".uppy-StatusBar-actionBtn--upload").click()
+    ready = page.locator('#uploads li[data-state="ready"]')
+    ready.wait_for(timeout=60_000)
+    assert "video/mp4" in ready.locator(".state").inner_text()
+    poster = ready.locator("img.thumbnail")
+    poster.wait_for(timeout=10_000)
+    size = page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0 && [img.naturalWidth, img.naturalHeight]",
+        arg=poster.element_handle(),
+    ).json_value()
+    assert size == [256, 192]
+    page.close()
 
 
 def test_demo_page_uploads_and_shows_processing_live(

@@ -53,6 +53,12 @@ class Media(BaseModel):
     page_height_pt: float | None = None
     title: str | None = Field(default=None, description="documents: the title in their metadata")
     author: str | None = None
+    duration: float | None = Field(default=None, description="video and audio: seconds")
+    bitrate: int | None = Field(default=None, description="video and audio: bits per second")
+    video: dict[str, Any] | None = Field(
+        default=None, description="codec, width, height, frame_rate, rotation (degrees)"
+    )
+    audio: dict[str, Any] | None = Field(default=None, description="codec, sample_rate, channels")
 
 
 class UploadStatus(BaseModel):

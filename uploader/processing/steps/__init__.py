@@ -12,6 +12,7 @@ from uploader.processing.steps.base import (
     StepResult,
     applies,
 )
+from uploader.processing.steps.media import MediaStep
 from uploader.processing.steps.pdf import PdfStep
 from uploader.processing.steps.scan import ScanStep
 from uploader.processing.steps.sha256 import Sha256Step
@@ -38,7 +39,7 @@ def catalogue(settings: Settings) -> tuple[Step, ...]:
     if settings.clamav_url:
         clamd = Clamd(settings.clamav_url, settings.scan_timeout_seconds)
         scanning = (ScanStep(clamd, settings.scan_oversize),)
-    return (SniffStep(), Sha256Step(), *scanning, VariantsStep(), PdfStep())
+    return (SniffStep(), Sha256Step(), *scanning, VariantsStep(), MediaStep(), PdfStep())
 
 
 def pipeline_for(steps: tuple[Step, ...], detected_type: str | None) -> tuple[Step, ...]:

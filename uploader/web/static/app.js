@@ -16,7 +16,7 @@ const notice = document.getElementById('notice')
 const cards = new Map()
 const removed = new Set() // deleted or gone: a late answer or a replayed event never brings one back
 const GONE = new Set(['terminated', 'expired'])
-const FINISHED = new Set(['ready', 'failed'])
+const FINISHED = new Set(['ready', 'failed', 'rejected'])
 let scopes = new Set()
 let cursor = null
 let newestShown = '' // created_at of the newest upload listed: later ones are new, earlier ones paged
@@ -96,10 +96,13 @@ function render (view, status) {
   view.item.dataset.state = status.state
   view.facts.textContent = `${size(status.length)} · ${status.detected_type ?? status.declared_type ?? 'type unknown'}`
   view.bar.value = status.state === 'ready' ? 1 : (status.progress ?? 0)
-  view.download.hidden = !FINISHED.has(status.state) || (status.failure_reason ?? '').startsWith('upload.type_not_allowed')
+  // Rejected uploads, and those refused for their type or digest, have no bytes to download.
+  const gone = status.state === 'rejected' || /^upload\.(type_not_allowed|digest_mismatch)/.test(status.failure_reason ?? '')
+  view.download.hidden = !FINISHED.has(status.state) || gone
   const type = status.detected_type ?? 'unknown type'
   view.state.textContent = {
     failed: `failed: ${status.failure_reason}`,
+    rejected: `rejected: ${status.failure_reason}`,
     ready: `ready · ${type} · sha256 ${String(status.sha256).slice(0, 12)}…`,
   }[status.state] ?? status.state
   for (const variant of status.variants ?? []) addVariant(view, status.id, variant)
@@ -109,9 +112,10 @@ function addVariant (view, uploadId, variant) {
   if (view.variants.querySelector(`a[data-variant="${CSS.escape(variant.name)}"]`)) return
   const url = withToken(`${api}/api/v1/uploads/${uploadId}/variants/${encodeURIComponent(variant.name)}`)
   if (variant.name.startsWith('256.') && !view.thumbnail) {
+    // An image's own thumbnail, a document's first page or a video's poster frame.
     const image = document.createElement('img')
     image.className = 'thumbnail'
-    image.alt = `thumbnail (${variant.width}×${variant.height})`
+    image.alt = `preview (${variant.width}×${variant.height})`
     image.src = url
     view.thumbnail = image
     view.variants.prepend(image)
@@ -190,7 +194,7 @@ function followEverything () {
     if (event.type === 'variant.ready') { addVariant(view, uploadId, data.variant); return }
     if (event.type === 'processing.step_progress') { view.bar.value = data.progress; return }
     if (event.type === 'processing.step_started') { view.state.textContent = `processing: ${data.step}`; return }
-    if (event.type === 'upload.ready' || event.type === 'upload.failed') { refresh(uploadId); showUsage(); return }
+    if (['upload.ready', 'upload.failed', 'upload.rejected'].includes(event.type)) { refresh(uploadId); showUsage(); return }
     if (data.state) {
       view.item.dataset.state = data.state
       view.state.textContent = data.state
@@ -198,7 +202,8 @@ function followEverything () {
     }
   }
   for (const type of ['upload.created', 'upload.received', 'upload.processing', 'processing.step_started',
-    'processing.step_progress', 'variant.ready', 'upload.ready', 'upload.failed', 'upload.expired', 'upload.terminated']) {
+    'processing.step_progress', 'variant.ready', 'upload.ready', 'upload.failed', 'upload.rejected', 'upload.expired',
+    'upload.terminated']) {
     source.addEventListener(type, update)
   }
 }

@@ -37,7 +37,7 @@ def make_video(path: Path, seconds: int) -> None:
             "-f", "lavfi", "-i", f"testsrc2=duration={seconds}:size=1920x1080:rate=30",
             "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}",
             "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g", "60",
-            "-c:a", "aac", "-shortest", str(path),
+            "-c:a", "aac", "-shortest", "-f", "mp4", str(path),
         ],
         check=True,
     )  # fmt: skip

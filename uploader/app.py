@@ -30,6 +30,7 @@ from uploader.protocols.tus import build_tus_router
 from uploader.protocols.tus_fast_path import TusFastPath
 from uploader.quotas.rate import ClientRateLimit, RateLimits
 from uploader.quotas.router import router as usage_router
+from uploader.renders.router import router as renders_router
 from uploader.runtime import Runtime
 from uploader.settings import Settings
 from uploader.uploads.router import router as uploads_router
@@ -173,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(forms_router)
     app.include_router(direct_router)
     app.include_router(downloads_router)
+    app.include_router(renders_router)
     app.include_router(events_router)
     app.include_router(usage_router)
     app.include_router(webhooks_router)

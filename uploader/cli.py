@@ -95,6 +95,25 @@ def _ping_worker(settings: Settings) -> int:
     return 0 if answers else 1
 
 
+def _render_url(settings: Settings, args: argparse.Namespace) -> int:
+    """Print a signed render URL; the operations are checked first, as the server will."""
+    from uploader.kit.errors import ProblemError
+    from uploader.renders.ops import parse_ops
+    from uploader.renders.signing import signed_url
+
+    if settings.render_key is None:
+        print("uploader: set UPLOADER_RENDER_KEY to sign render URLs", file=sys.stderr)
+        return 2
+    try:
+        parse_ops(args.ops)
+    except ProblemError as exc:
+        print(f"uploader: {exc.detail}", file=sys.stderr)
+        return 2
+    base = args.url or settings.public_url or f"http://{settings.host}:{settings.port}"
+    print(signed_url(settings.render_key.get_secret_value(), args.upload_id, args.ops, base))
+    return 0
+
+
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
     """``uploader keys create|list|revoke``: API keys kept in the database."""
     import json
@@ -297,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("beat", help="run the periodic jobs (expiry, resending lost work)")
     commands.add_parser("ping-worker", help="exit 0 when this host's worker answers (health checks)")
+    render_url = commands.add_parser("render-url", help="print a signed render URL (UPLOADER_RENDER_KEY)")
+    render_url.add_argument("upload_id")
+    render_url.add_argument("ops", help="w_300,h_200,fit_cover,f_webp,q_80")
+    render_url.add_argument("--url", default=None, help="base URL (default: UPLOADER_PUBLIC_URL)")
     _client_commands(commands)
     _access_commands(commands)
     webhook_commands.add_commands(commands)
@@ -327,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(_beat(settings))
     if args.command == "ping-worker":
         sys.exit(_ping_worker(settings))
+    if args.command == "render-url":
+        sys.exit(_render_url(settings, args))
     if args.command == "keys":
         sys.exit(_keys(settings, args))
     if args.command == "token":

@@ -251,6 +251,11 @@ class Settings(BaseSettings):
     pdf_max_bytes: int = Field(
         default=256 * MiB, gt=0, description="Larger PDFs are kept but get no page count or render."
     )
+    render_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key that signs render URLs (GET /api/v1/uploads/{id}/render/{ops}?sig=); "
+        "unset: renders are off.",
+    )
     clamav_url: str | None = Field(
         default=None,
         description="Every upload is scanned for malware by clamd here, before any decoder reads "

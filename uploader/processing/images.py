@@ -7,7 +7,7 @@ with workers in the full stack) do not carry Pillow.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,14 +96,18 @@ def _plain(value: Any) -> str | int | float:
         return str(value)
 
 
-def render_variants(
-    data: bytes, pillow_format: str, specs: Sequence[VariantSpec], max_pixels: int
-) -> tuple[ImageFacts, list[RenderedVariant]]:
-    """Decode once, at the smallest scale the largest variant allows, and derive every variant.
+@dataclass
+class _Decoded:
+    frame: Image.Image  # as stored: not yet turned upright
+    transpose: Image.Transpose | None  # what turns it upright
+    facts: ImageFacts
 
-    Fast paths: JPEG draft mode (the decoder scales by 1/2..1/8 while decoding) and
-    ``reduce`` (integer box downscale) before the final Lanczos resize.
-    """
+
+def _decoded(
+    data: bytes, pillow_format: str, max_pixels: int, scale_for: Callable[[int, int], float]
+) -> _Decoded:
+    """Open and check an image, read its EXIF, and decode it, for a JPEG at the smallest DCT
+    scale (1/2..1/8) still at least ``scale_for(upright width, upright height)`` of its size."""
     try:
         with Image.open(io.BytesIO(data), formats=[pillow_format]) as image:
             width, height = image.size
@@ -116,21 +120,36 @@ def render_variants(
             transpose = ORIENTATION_FIX.get(orientation)
             upright = (height, width) if transpose in _SWAPS else (width, height)
             facts = ImageFacts(format=pillow_format, width=upright[0], height=upright[1], exif=exif)
-            if not specs:
-                return facts, []
-            largest = max(spec.size for spec in specs)
-            if pillow_format == "JPEG":
-                # The smallest DCT scale still at least as large as the largest variant.
-                scale = largest / max(width, height)
+            scale = scale_for(*upright)
+            if pillow_format == "JPEG" and scale < 1:
                 image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
             image.load()
-            frame = image.convert("RGBA" if _has_alpha(image) else "RGB")
+            return _Decoded(image.convert("RGBA" if _has_alpha(image) else "RGB"), transpose, facts)
     except ImageRejected:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageRejected("image.too_many_pixels", str(exc)) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRejected("image.unreadable", str(exc) or type(exc).__name__) from exc
+
+
+def _facts_only(data: bytes, pillow_format: str, max_pixels: int) -> ImageFacts:
+    return _decoded(data, pillow_format, max_pixels, lambda w, h: 1 / 8).facts
+
+
+def render_variants(
+    data: bytes, pillow_format: str, specs: Sequence[VariantSpec], max_pixels: int
+) -> tuple[ImageFacts, list[RenderedVariant]]:
+    """Decode once, at the smallest scale the largest variant allows, and derive every variant.
+
+    Fast paths: JPEG draft mode (the decoder scales by 1/2..1/8 while decoding) and
+    ``reduce`` (integer box downscale) before the final Lanczos resize.
+    """
+    if not specs:
+        return _facts_only(data, pillow_format, max_pixels), []
+    largest = max(spec.size for spec in specs)
+    decoded = _decoded(data, pillow_format, max_pixels, lambda w, h: largest / max(w, h))
+    frame, transpose, facts = decoded.frame, decoded.transpose, decoded.facts
 
     # Box-reduce by an integer factor while staying at least twice the target: the final
     # Lanczos pass then has little work and keeps its quality.
@@ -186,7 +205,7 @@ def _fit(image: Image.Image, size: int) -> Image.Image:
     return image.resize(target, Image.Resampling.LANCZOS)
 
 
-def _encode(image: Image.Image, fmt: str) -> bytes:
+def _encode(image: Image.Image, fmt: str, quality: int | None = None) -> bytes:
     """Encode without any metadata (no EXIF, no ICC, no comments): only pixels leave."""
     out = io.BytesIO()
     if fmt == "jpeg":
@@ -194,9 +213,62 @@ def _encode(image: Image.Image, fmt: str) -> bytes:
             background = Image.new("RGB", image.size, (255, 255, 255))
             background.paste(image, mask=image.getchannel("A"))
             image = background
-        image.save(out, "JPEG", quality=85, optimize=False)
+        image.save(out, "JPEG", quality=quality or 85, optimize=False)
     elif fmt == "webp":
-        image.save(out, "WEBP", quality=80, method=4)
+        image.save(out, "WEBP", quality=quality or 80, method=4)
     else:
         image.save(out, "PNG", compress_level=6)
     return out.getvalue()
+
+
+def render_one(
+    data: bytes,
+    pillow_format: str,
+    box: tuple[int | None, int | None],
+    fit: str,
+    fmt: str,
+    quality: int,
+    max_pixels: int,
+) -> tuple[bytes, int, int]:
+    """One render of an image into ``box`` (width, height; either may be None): decoded
+    at the smallest JPEG draft scale the box allows, upright, fitted (``contain``: within,
+    never enlarged; ``cover``: filled, centred crop; ``fill``: exactly), encoded without
+    metadata. Returns the bytes and their width and height."""
+    decoded = _decoded(data, pillow_format, max_pixels, lambda w, h: _scale(w, h, box, fit))
+    frame = decoded.frame
+    if decoded.transpose is not None:
+        frame = frame.transpose(decoded.transpose)
+    frame = _fitted(frame, box, fit)
+    return _encode(frame, fmt, quality), frame.width, frame.height
+
+
+def _scale(width: int, height: int, box: tuple[int | None, int | None], fit: str) -> float:
+    """How much the upright picture is scaled to meet ``box``."""
+    box_w, box_h = box
+    ratios = [r for r in (box_w / width if box_w else None, box_h / height if box_h else None) if r]
+    if fit == "cover":
+        return max(ratios)
+    if fit == "fill":
+        return max(ratios)  # each side on its own; the draft must keep the larger
+    return min(1.0, *ratios)
+
+
+def _fitted(frame: Image.Image, box: tuple[int | None, int | None], fit: str) -> Image.Image:
+    width, height = frame.size
+    scale = _scale(width, height, box, fit)
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    box_w, box_h = box[0] or target[0], box[1] or target[1]
+    if fit == "fill":
+        target = (box_w, box_h)
+    elif fit == "cover":
+        target = (max(box_w, target[0]), max(box_h, target[1]))
+    # Box-reduce first while staying at least twice the target, as the variants do.
+    factor = min(width // (2 * target[0]), height // (2 * target[1]))
+    if factor > 1:
+        frame = frame.reduce(factor)
+    if frame.size != target:
+        frame = frame.resize(target, Image.Resampling.LANCZOS)
+    if fit == "cover":
+        left, top = (frame.width - box_w) // 2, (frame.height - box_h) // 2
+        frame = frame.crop((left, top, left + box_w, top + box_h))
+    return frame

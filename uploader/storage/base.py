@@ -155,6 +155,10 @@ class UploadStore(Protocol):
         """Stream bytes ``[start, end)`` of a derived file."""
         ...
 
+    async def derived_size(self, key: str, name: str) -> int | None:
+        """The size of a derived file of upload ``key``; None when there is none."""
+        ...
+
     async def delete_derived(self, key: str, keep: Collection[str] = ()) -> None:
         """Remove the derived files of upload ``key`` whose names are not in ``keep``."""
         ...

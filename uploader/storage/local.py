@@ -407,6 +407,13 @@ class LocalStore:
         async for block in _read_file(self._derived_path(key, name), start, end):
             yield block
 
+    async def derived_size(self, key: str, name: str) -> int | None:
+        path = self._derived_path(key, name)
+        try:
+            return (await asyncio.to_thread(path.stat)).st_size
+        except FileNotFoundError:
+            return None
+
     @metrics.timed_storage("local", "delete_derived")
     async def delete_derived(self, key: str, keep: Collection[str] = ()) -> None:
         folder = derived_dir(self._path(key))

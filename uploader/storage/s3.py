@@ -793,6 +793,15 @@ class S3Store:
     async def put_derived(self, key: str, name: str, data: bytes) -> None:
         await self.put_bytes(self._derived_key(key, name), data)
 
+    async def derived_size(self, key: str, name: str) -> int | None:
+        try:
+            head = await _s3(self.client.head_object(Bucket=self.bucket, Key=self._derived_key(key, name)))
+        except StorageUnavailable as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        return int(head["ContentLength"])
+
     def derived_reader(self, key: str, name: str, start: int, end: int) -> AsyncIterator[bytes]:
         return self.read_range(self._derived_key(key, name), start, end)
 

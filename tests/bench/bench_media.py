@@ -18,13 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from common import quiet_step_context
+
 from uploader.db.models import Upload
-from uploader.processing.steps.base import StepContext
 from uploader.processing.steps.media import MediaStep
-from uploader.settings import Settings
 from uploader.storage.local import LocalStore
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -53,16 +52,7 @@ async def one_run(store: LocalStore, length: int) -> tuple[float, float, dict[st
         id=KEY, owner="bench", storage_key=KEY, length=length, offset=length, detected_type="video/mp4"
     )
 
-    async def progress(_: float) -> None:
-        return None
-
-    def throttled(_: int) -> Callable[[int], Awaitable[None]]:
-        async def report(__: int) -> None:
-            return None
-
-        return report
-
-    context = StepContext(settings=Settings(), store=store, progress=progress, throttled=throttled)
+    context = quiet_step_context(store)
     cpu, started = cpu_seconds(), time.perf_counter()
     result = await MediaStep().run(upload, context)
     wall = time.perf_counter() - started

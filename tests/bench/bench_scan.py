@@ -24,17 +24,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's tests package
 
+from common import quiet_step_context
+
 from tests.scanning import ClamdServer
 from uploader.db.models import Upload
 from uploader.processing.clamav import Clamd
-from uploader.processing.steps.base import StepContext
 from uploader.processing.steps.scan import ScanStep
-from uploader.settings import Settings
 from uploader.storage.local import LocalStore
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -44,16 +43,7 @@ async def ours(store: LocalStore, url: str, length: int) -> float:
     step = ScanStep(Clamd(url), "reject")
     upload = Upload(id=KEY, owner="bench", storage_key=KEY, length=length, offset=length)
 
-    async def progress(_: float) -> None:
-        return None
-
-    def throttled(_: int) -> Callable[[int], Awaitable[None]]:
-        async def report(__: int) -> None:
-            return None
-
-        return report
-
-    context = StepContext(settings=Settings(), store=store, progress=progress, throttled=throttled)
+    context = quiet_step_context(store)
     started = time.perf_counter()
     result = await step.run(upload, context)
     elapsed = time.perf_counter() - started

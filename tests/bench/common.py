@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -88,3 +90,18 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float,
     if result.returncode != 0:
         raise SystemExit(f"{command[0]} failed: {result.stderr[-2000:]}")
     return time.perf_counter() - started, result.stdout.strip()
+
+
+def quiet_step_context(store: Any) -> Any:
+    """What the pipeline hands a step, with progress reports going nowhere: for timing one
+    step on its own."""
+    from uploader.processing.steps.base import StepContext
+    from uploader.settings import Settings
+
+    async def progress(_: float) -> None:
+        return None
+
+    def throttled(_: int) -> Callable[[int], Awaitable[None]]:
+        return lambda __: progress(0.0)
+
+    return StepContext(settings=Settings(), store=store, progress=progress, throttled=throttled)

@@ -59,19 +59,30 @@ def test_demo_page_shows_a_videos_poster_frame(live_server: LiveServer, browser:
     clip.write_bytes(video_clip(tmp_path))
     page = browser.new_page()
     page.goto(f"{live_server.url}/")
-    page.locator(".uppy-Dashboard-input").first.set_input_files(str(clip))
+    ready = _upload_through_page(page, clip, timeout_ms=60_000)
+    assert "video/mp4" in ready.locator(".state").inner_text()
+    assert _preview_size(page, ready) == [256, 192]
+    page.close()
+
+
+def _upload_through_page(page: Any, path: Path, timeout_ms: int = 30_000) -> Any:
+    """Pick ``path`` in the page's Dashboard, upload it, and wait until its card is ready."""
+    page.locator(".uppy-Dashboard-input").first.set_input_files(str(path))
     page.locator(".uppy-StatusBar-actionBtn--upload").click()
     ready = page.locator('#uploads li[data-state="ready"]')
-    ready.wait_for(timeout=60_000)
-    assert "video/mp4" in ready.locator(".state").inner_text()
-    poster = ready.locator("img.thumbnail")
-    poster.wait_for(timeout=10_000)
-    size = page.wait_for_function(
+    ready.wait_for(timeout=timeout_ms)
+    return ready
+
+
+def _preview_size(page: Any, card: Any) -> list[int]:
+    """The natural size of the card's preview (a thumbnail, or a video's poster frame)."""
+    preview = card.locator("img.thumbnail")
+    preview.wait_for(timeout=10_000)
+    size: list[int] = page.wait_for_function(
         "img => img.complete && img.naturalWidth > 0 && [img.naturalWidth, img.naturalHeight]",
-        arg=poster.element_handle(),
+        arg=preview.element_handle(),
     ).json_value()
-    assert size == [256, 192]
-    page.close()
+    return size
 
 
 def test_demo_page_uploads_and_shows_processing_live(
@@ -88,19 +99,10 @@ def test_demo_page_uploads_and_shows_processing_live(
         lambda request: elsewhere.append(request.url) if _is_remote(request.url, live_server.url) else None,
     )
     page.goto(f"{live_server.url}/")
-    page.locator(".uppy-Dashboard-input").first.set_input_files(str(photo))
-    page.locator(".uppy-StatusBar-actionBtn--upload").click()
-    ready = page.locator('#uploads li[data-state="ready"]')
-    ready.wait_for(timeout=30_000)
+    ready = _upload_through_page(page, photo)
     assert "holiday.jpg" in ready.locator(".name").inner_text()
     assert "image/jpeg" in ready.locator(".state").inner_text()
-    thumbnail = ready.locator("img.thumbnail")
-    thumbnail.wait_for(timeout=10_000)
-    size = page.wait_for_function(
-        "img => img.complete && img.naturalWidth > 0 && [img.naturalWidth, img.naturalHeight]",
-        arg=thumbnail.element_handle(),
-    ).json_value()
-    assert size == [256, 192]  # upright: the EXIF orientation was applied
+    assert _preview_size(page, ready) == [256, 192]  # upright: the EXIF orientation was applied
     assert ready.locator(".variants a").count() == 4
     assert errors == []
     assert elsewhere == [], "the page fetched something from another host (a CDN?)"

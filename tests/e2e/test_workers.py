@@ -175,8 +175,13 @@ def create_only(stack: Stack, length: int, name: str, declared: str) -> str:
 
 def send(url: str, data: bytes, chunk: int = 4 * MiB) -> None:
     for start in range(0, len(data), chunk):
+        # A long bound: a large chunk's answer waits for its last part to reach S3, which
+        # took more than httpx's default 5 s on a loaded machine.
         sent = httpx.patch(
-            url, content=data[start : start + chunk], headers={**PATCH_HEADERS, "Upload-Offset": str(start)}
+            url,
+            content=data[start : start + chunk],
+            headers={**PATCH_HEADERS, "Upload-Offset": str(start)},
+            timeout=60,
         )
         assert sent.status_code == 204, sent.text
 

@@ -124,7 +124,7 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
     from uploader.db.migrate import upgrade_to_head
 
     upgrade_to_head(settings.resolved_database_url)
-    db = Database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url, settings.database_pool_size)
 
     async def run() -> int:
         try:

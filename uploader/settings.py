@@ -50,6 +50,13 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; unset means SQLite at DATA_DIR/uploader.db. "
         "postgresql+asyncpg://user:pass@host/db for PostgreSQL.",
     )
+    database_pool_size: int = Field(
+        default=20,
+        ge=1,
+        le=500,
+        description="PostgreSQL connections each process keeps open once it needed them; "
+        "up to 10 more are opened for a burst and closed after it.",
+    )
     storage_url: str | None = Field(
         default=None, description="file:///path for a local folder; unset means DATA_DIR/files."
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,10 +23,12 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from uploader.kit.errors import DependencyUnavailable
+from uploader.kit.logging import get_logger
 from uploader.storage.base import StorageFull
 
 T = TypeVar("T")
 Work = Callable[[Connection], T]
+log = get_logger(__name__)
 
 
 def sync_sqlite_url(url: str) -> str:
@@ -40,6 +43,67 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+# The kept connection checkpoints only past this many pages of log (80 MiB), a backstop:
+# the checkpointer thread copies the log back long before.
+_BACKSTOP_CHECKPOINT_PAGES = 20_000
+
+
+class _WalCheckpointer:
+    """Copies SQLite's write-ahead log back into the database file from a thread of its
+    own, every ``interval`` seconds (``PRAGMA wal_checkpoint(PASSIVE)``: it never waits
+    for, nor holds up, the writer).
+
+    Left to itself SQLite checkpoints inside the commit that fills the log past 1,000
+    pages: in the event loop's thread, with two ``fsync`` calls, during which no request
+    is served. Here the copy and the ``fsync`` calls run with the GIL released, beside
+    the loop. Durability is unchanged: with ``synchronous=NORMAL`` a commit was never
+    synced before a checkpoint."""
+
+    def __init__(self, path: str, interval: float = 0.2) -> None:
+        self.path = path
+        self.interval = interval
+        self._stop = threading.Event()
+        # Opened here, with the database's first use: the process's descriptors are all
+        # taken at start-up, not a tick later.
+        self._connection = self._connect()
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoints", daemon=True)
+        self._thread.start()
+
+    def _connect(self, *, quiet: bool = False) -> sqlite3.Connection | None:
+        try:
+            return sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+        except sqlite3.Error as exc:
+            if not quiet:
+                log.warning("database.checkpoint_failed", error=str(exc))
+            return None
+
+    def _run(self) -> None:
+        connection, self._connection = self._connection, None
+        failing = ""  # logged once, not every tick, while it lasts
+        while not self._stop.wait(self.interval):
+            connection = connection or self._connect(quiet=True)
+            if connection is None:
+                continue
+            try:
+                connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                failing = ""
+            except sqlite3.Error as exc:  # a full disk, a removed file: tried again later
+                if str(exc) != failing:
+                    failing = str(exc)
+                    log.warning("database.checkpoint_failed", error=failing)
+                connection.close()
+                connection = None
+        if connection is not None:
+            connection.close()
+
+    def stop_soon(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 # SQLSTATE classes that say the server, not the statement, is the trouble: connection
@@ -77,12 +141,13 @@ def translate_error(exc: Exception) -> Exception | None:
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_size: int = 20) -> None:
         self.url = url
         self._sqlite: Engine | None = None
         self._async: AsyncEngine | None = None
         self._sqlite_connection: Connection | None = None
         self._sqlite_lock = threading.Lock()  # callers on other threads (tests, tools) wait
+        self._checkpointer: _WalCheckpointer | None = None
         if url.startswith("sqlite"):
             # Through the module attributes: tracing's instrumentation wraps them.
             self._sqlite = sqlalchemy.create_engine(
@@ -96,14 +161,20 @@ class Database:
         else:
             # No pre-ping (a round trip before every transaction): a connection that died
             # with its server (a restart, terminated backends) fails its unit of work, which
-            # run() gives one more try on a fresh connection.
+            # run() gives one more try on a fresh connection. ``pool_size`` are kept once
+            # opened (20 by default): under many small uploads a connection opened past
+            # the kept ones and closed again at once (a new server process each time)
+            # cost more than the statements it ran.
             self._async = sqlalchemy.ext.asyncio.create_async_engine(
                 url,
-                pool_size=10,
-                max_overflow=20,
+                pool_size=pool_size,
+                max_overflow=10,
                 pool_timeout=10,
                 connect_args={"timeout": 5, "command_timeout": 30},
             )
+            # The same pool, without BEGIN and COMMIT: work whose statements each stand
+            # alone (one statement, or reads) saves two round trips a unit.
+            self._autocommit = self._async.execution_options(isolation_level="AUTOCOMMIT")
 
     def _run_sqlite(self, work: Work[T]) -> T:
         assert self._sqlite is not None
@@ -113,11 +184,28 @@ class Database:
             connection = self._sqlite_connection
             if connection is None or connection.closed or connection.invalidated:
                 connection = self._sqlite_connection = self._sqlite.connect()
+                self._start_checkpoints(connection)
             with connection.begin():
                 return work(connection)
 
-    async def run(self, work: Work[T]) -> T:
+    def _start_checkpoints(self, connection: Connection) -> None:
+        """The kept connection leaves checkpoints to a thread (``_WalCheckpointer``)."""
+        path = connection.engine.url.database
+        if self._checkpointer is not None or not path or path == ":memory:":
+            return
+        connection.exec_driver_sql(f"PRAGMA wal_autocheckpoint={_BACKSTOP_CHECKPOINT_PAGES}")
+        connection.commit()
+        self._checkpointer = _WalCheckpointer(path)
+        # A database dropped without ``dispose`` (tools, tests) ends its thread too.
+        weakref.finalize(self, self._checkpointer.stop_soon)
+
+    async def run(self, work: Work[T], *, transaction: bool = True) -> T:
         """Run ``work(connection)`` as one transaction and return its result.
+
+        ``transaction=False``: on PostgreSQL each statement of ``work`` commits on its own,
+        which saves the round trips of ``BEGIN`` and ``COMMIT``. Only for work of a single
+        statement, or of reads and statements each of which is correct alone (a guarded
+        update that a crash after it leaves consistent).
 
         A database that is away is a ``DependencyUnavailable`` (after one more try on a
         fresh connection, when the connection died under the work: its transaction was
@@ -125,7 +213,7 @@ class Database:
         is ``StorageFull``."""
         for attempt in (1, 2):
             try:
-                return await self._run_once(work)
+                return await self._run_once(work, transaction)
             except Exception as exc:
                 translated = translate_error(exc)
                 if translated is None:
@@ -136,10 +224,13 @@ class Database:
             await asyncio.sleep(0.05)
         raise AssertionError("unreachable")
 
-    async def _run_once(self, work: Work[T]) -> T:
+    async def _run_once(self, work: Work[T], transaction: bool) -> T:
         if self._sqlite is not None:
             return self._run_sqlite(work)
         assert self._async is not None
+        if not transaction:
+            async with self._autocommit.connect() as alone:
+                return await alone.run_sync(work)
         async with self._async.begin() as connection:
             return await connection.run_sync(work)
 
@@ -149,6 +240,9 @@ class Database:
                 if self._sqlite_connection is not None:
                     self._sqlite_connection.close()
                     self._sqlite_connection = None
+                if self._checkpointer is not None:
+                    self._checkpointer.stop()
+                    self._checkpointer = None
             self._sqlite.dispose()
         if self._async is not None:
             await self._async.dispose()

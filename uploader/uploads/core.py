@@ -156,7 +156,7 @@ class ServiceCore:
     async def get(self, owner: str | None, upload_id: str, *, allow_gone: bool = False) -> Upload:
         """The caller's upload; another principal's upload is indistinguishable from none.
         ``owner`` None: anyone's (an administrator)."""
-        upload = await self.db.run(lambda s: repository.get(s, upload_id))
+        upload = await self.db.run(lambda s: repository.get(s, upload_id), transaction=False)
         if upload is None or (owner is not None and upload.owner != owner):
             raise ProblemError("upload.not_found")
         if not allow_gone:
@@ -169,7 +169,11 @@ class ServiceCore:
         first, so that an older writer still running can record nothing more."""
         if self.locker.distributed:
             generation = holder.generation
-            claimed = await self.db.run(lambda s: repository.claim_for_writing(s, upload_id, generation))
+            # One statement on PostgreSQL (elsewhere a read, then an update guarded by the
+            # generation: each stands alone).
+            claimed = await self.db.run(
+                lambda s: repository.claim_for_writing(s, upload_id, generation), transaction=False
+            )
             if claimed is None or claimed[0].owner != owner:
                 raise ProblemError("upload.not_found")
             upload, left_open = claimed
@@ -253,17 +257,21 @@ class ServiceCore:
                 self._report(connection, upload)
             return True
 
-        if not await (self._retrying(work) if retry else self.db.run(work)):
+        # One statement, unless the completion's webhook events go into the outbox with it.
+        transaction = bool(report and self.settings.webhook_url)
+        if not await (
+            self._retrying(work, transaction) if retry else self.db.run(work, transaction=transaction)
+        ):
             raise _superseded()
 
-    async def _retrying(self, work: Callable[[Any], T]) -> T:
+    async def _retrying(self, work: Callable[[Any], T], transaction: bool = True) -> T:
         """``db.run(work)``, tried again while the database is away, for a while."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + RECORD_RETRY_SECONDS
         delay = 0.1
         while True:
             try:
-                return await self.db.run(work)
+                return await self.db.run(work, transaction=transaction)
             except DependencyUnavailable as exc:
                 if loop.time() + delay > deadline:
                     raise
@@ -282,7 +290,10 @@ class ServiceCore:
         if upload is None or not upload.writer_active:
             return
         with contextlib.suppress(Exception):  # left open, it costs the next writer a wait
-            await self.db.run(lambda s: repository.record_write(s, upload, generation, writer_active=False))
+            await self.db.run(
+                lambda s: repository.record_write(s, upload, generation, writer_active=False),
+                transaction=False,
+            )
 
     def _report(self, connection: Any, upload: Upload) -> None:
         """The webhook events of a completion (``upload.received``, and ``upload.ready``

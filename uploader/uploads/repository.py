@@ -137,11 +137,33 @@ def record_write(connection: Connection, upload: Upload, generation: int, **fiel
 _CLAIM = update(_uploads).where(_c.id == bindparam("key"), _c.writer_generation < bindparam("generation"))
 
 
+# PostgreSQL: the claim in one statement, which also says whether the write before it
+# was left open (the row as it was, locked, joined to the update).
+_BEFORE = (
+    select(_c.id.label("claimed_id"), _c.writer_active.label("was_active"))
+    .where(_c.id == bindparam("key"))
+    .with_for_update()
+    .subquery("before")
+)
+_CLAIM_RETURNING = (
+    update(_uploads)
+    .where(_c.id == _BEFORE.c.claimed_id, _c.writer_generation < bindparam("generation"))
+    .values(writer_generation=bindparam("generation"), writer_active=True)
+    .returning(*_uploads.c, _BEFORE.c.was_active)
+)
+
+
 def claim_for_writing(connection: Connection, upload_id: str, generation: int) -> tuple[Upload, bool] | None:
     """The upload, now fenced against every writer older than ``generation`` (whose
     records are refused from here on) and marked as being written, and whether an older
     writer's write was still open when it was claimed (it died, or lost its lock, in the
     middle of a write); None when there is no such upload."""
+    if connection.dialect.name == "postgresql":
+        row = connection.execute(_CLAIM_RETURNING, {"key": upload_id, "generation": generation}).first()
+        if row is not None:
+            fields = dict(row._mapping)
+            return Upload(**{k: v for k, v in fields.items() if k != "was_active"}), fields["was_active"]
+        # Not claimed: no such upload, or a writer as new or newer has it (read below).
     before = get(connection, upload_id)
     if before is None:
         return None
@@ -279,17 +301,23 @@ def duplicate_of(connection: Connection, owner: str, sha256: str, length: int) -
     return _upload_of(row) if row is not None else None
 
 
+def _sharing(upload: Upload) -> Any:
+    return (
+        _c.storage_key == upload.storage_key,
+        _c.id != upload.id,
+        _c.state.not_in([UploadState.TERMINATED, UploadState.EXPIRED]),
+        _c.bytes_removed.is_(False),
+    )
+
+
 def shares_storage(connection: Connection, upload: Upload) -> bool:
     """Whether another upload that still has its bytes uses ``upload``'s stored object
     (a deduplicated upload, or the one it was linked to)."""
-    query = (
-        select(_c.id)
-        .where(
-            _c.storage_key == upload.storage_key,
-            _c.id != upload.id,
-            _c.state.not_in([UploadState.TERMINATED, UploadState.EXPIRED]),
-            _c.bytes_removed.is_(False),
-        )
-        .limit(1)
-    )
-    return connection.execute(query).first() is not None
+    return connection.execute(select(_c.id).where(*_sharing(upload)).limit(1)).first() is not None
+
+
+def sharers(connection: Connection, upload: Upload) -> list[Upload]:
+    """The other uploads that still have their bytes in ``upload``'s stored object, locked
+    for update (PostgreSQL) in the caller's transaction."""
+    query = select(_uploads).where(*_sharing(upload)).order_by(_c.id).with_for_update()
+    return [_upload_of(row) for row in connection.execute(query)]

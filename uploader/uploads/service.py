@@ -119,7 +119,9 @@ class UploadService(Concatenation, Removal):
         await self._storage(started)
         try:
             await self.db.run(
-                partial(self._insert_admitted, principal=principal, admitted=admitted, new=[upload])
+                partial(self._insert_admitted, principal=principal, admitted=admitted, new=[upload]),
+                # One insert (a new upload has no webhook event), unless a quota counts it.
+                transaction=admitted.counted,
             )
         except ProblemError:
             await self._discard_stored(upload.storage_key)

@@ -39,7 +39,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from uploader.db.migrate import upgrade_to_head
 
     upgrade_to_head(settings.resolved_database_url)
-    db = Database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url, settings.database_pool_size)
     if args.webhooks_command == "deliver":
         if args.metrics_port is not None:
             from uploader.observability import metrics_server

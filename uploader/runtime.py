@@ -27,6 +27,7 @@ from uploader.uploads.service import UploadService
 from uploader.webhooks.delivery import OutboxDispatcher, WebhookingEventBus
 
 if TYPE_CHECKING:
+    from uploader.processing.task_messages import TaskSender
     from uploader.storage.s3_direct import DirectS3
 
 
@@ -43,6 +44,7 @@ class Runtime:
     webhooks: OutboxDispatcher | None = None  # delivers the outbox (webhooks configured)
     webhook_loop: asyncio.Task[None] | None = None  # the embedded default's dispatcher
     direct_s3: DirectS3 | None = None  # direct uploads' signing, on S3 in an API process
+    task_sender: TaskSender | None = None  # the full stack's Celery messages
 
     @classmethod
     async def start(
@@ -52,14 +54,15 @@ class Runtime:
         process only runs what its tasks ask for."""
         queued_processor: Processor | None = None
         wake_queued: Callable[[], Awaitable[None]] | None = None
+        sender = None
         if settings.processing == "celery":  # Celery is imported only where it is used
-            from uploader.processing.celery_app import build_celery
             from uploader.processing.queued import QueuedProcessor, queued_drain
+            from uploader.processing.task_messages import TaskSender
 
-            celery = build_celery(settings)
-            queued_processor = QueuedProcessor(celery, settings)
-            wake_queued = queued_drain(celery, settings)
-        db = Database(settings.resolved_database_url)
+            sender = TaskSender(settings)
+            queued_processor = QueuedProcessor(sender)
+            wake_queued = queued_drain(sender)
+        db = Database(settings.resolved_database_url, settings.database_pool_size)
         store = build_store(settings)
         await store.start()
         events: EventBus
@@ -122,6 +125,7 @@ class Runtime:
             webhooks,
             webhook_loop,
             direct_s3,
+            sender,
         )
 
     async def close(self) -> None:
@@ -136,6 +140,8 @@ class Runtime:
             await self.processor.close()
         if self.direct_s3 is not None:
             await self.direct_s3.close()
+        if self.task_sender is not None:
+            await self.task_sender.close()
         await self.store.close()
         await self.events.close()
         await self.locker.close()

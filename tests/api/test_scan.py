@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.api.helpers import settled_status, upload_bytes, upload_id
+from tests.api.test_dedup import declared_creation
 from tests.images import png
 from tests.scanning import EICAR, SIGNATURE, ClamdServer, KillingRelay, eicar_in_zip
 from tests.support import in_process_client, metadata, s3_client, stored_objects
@@ -214,3 +215,29 @@ async def test_clamd_killed_in_the_middle_of_a_scan_is_retried_once_it_is_back(
     finally:
         relay.close()
         own.stop()
+
+
+@pytest.mark.parametrize("reprocessed", ["the first", "the deduplicated"])
+async def test_bytes_found_to_be_malware_later_take_every_upload_sharing_them(
+    settings: Settings, clamd: ClamdServer, reprocessed: str
+) -> None:
+    async with in_process_client(settings) as client:  # no scanning yet: EICAR is ready
+        first = await send(client, EICAR, "eicar.com")
+        assert (await settled_status(client, first))["state"] == "ready"
+        linked = await declared_creation(client, EICAR)
+        assert linked.status_code == 201, linked.text
+        second = upload_id(linked.headers["Location"])
+        key = await storage_key(client, first)
+        assert await storage_key(client, second) == key  # one stored object
+    configured = scanning(settings, clamd.url)
+    async with in_process_client(configured) as client:  # signatures that know it now
+        again = first if reprocessed == "the first" else second
+        assert (await client.post(f"/api/v1/uploads/{again}/reprocess")).status_code == 202
+        assert (await settled_status(client, again))["state"] == "rejected"
+        for uid in (first, second):
+            status = (await client.get(f"/api/v1/uploads/{uid}")).json()
+            assert (status["state"], status["failure_reason"]) == ("rejected", f"malware: {SIGNATURE}"), uid
+            content = await client.get(f"/api/v1/uploads/{uid}/content")
+            assert (content.status_code, content.json()["code"]) == (410, "upload.rejected")
+            assert (await event_types(client, uid))[-1] == "upload.rejected"
+        assert await removed(configured, key)

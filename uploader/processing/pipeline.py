@@ -179,23 +179,62 @@ class Pipeline:
         """End a received or processing upload in ``failed`` (or ``rejected``: the file
         itself is refused), recording ``found`` (what the steps found) with it; False if
         it was elsewhere. ``remove_bytes``: its bytes go too (recorded first, as a removal
-        is), or to quarantine when rejected there."""
+        is), or to quarantine when rejected there.
+
+        Deduplicated uploads share one stored object. A rejection is of the bytes, so
+        every upload sharing them is rejected with it, in the same transaction. Any other
+        failure is this upload's own: the object stays while another upload uses it."""
         upload = await self.db.run(lambda s: repository.get(s, upload_id))
         if upload is None:
             return False
         removal = {"bytes_removed": True} if remove_bytes else {}
         fields = {**(found or {}), "state": state, "failure_reason": reason[:2000], **removal}
         for expected in (UploadState.PROCESSING, UploadState.RECEIVED):
-            if upload.state == expected and await self._advance(upload, expected, report=True, **fields):
-                metrics.PROCESSING_FINISHED.labels(state).inc()
-                log.warning(
-                    f"processing.{state}", upload_id=upload_id, reason=reason, bytes_removed=remove_bytes
-                )
-                if remove_bytes:
-                    await self._remove_bytes(upload, quarantine=state == UploadState.REJECTED)
-                await self._publish(upload, f"upload.{state}")
-                return True
+            if upload.state != expected:
+                continue
+            ended = await self.db.run(partial(self._end, upload, expected, fields, remove_bytes, state))
+            if ended is None:
+                continue
+            rejected_with_it, bytes_still_used = ended
+            metrics.PROCESSING_FINISHED.labels(state).inc()
+            log.warning(f"processing.{state}", upload_id=upload_id, reason=reason, bytes_removed=remove_bytes)
+            for sharer in rejected_with_it:
+                log.warning("processing.rejected_with", upload_id=sharer.id, shared_with=upload_id)
+            if remove_bytes and not bytes_still_used:
+                await self._remove_bytes(upload, quarantine=state == UploadState.REJECTED)
+            await self._publish(upload, f"upload.{state}")
+            for sharer in rejected_with_it:
+                await self._publish(sharer, f"upload.{state}")
+            return True
         return False
+
+    def _end(
+        self,
+        upload: Upload,
+        expected: str,
+        fields: dict[str, Any],
+        remove_bytes: bool,
+        state: str,
+        connection: Any,
+    ) -> tuple[list[Upload], bool] | None:
+        """``fail``'s transaction: the upload's end and its webhook event, the uploads
+        rejected with it (sharing its bytes) and theirs; and whether another upload still
+        uses the stored object. None: the upload was no longer ``expected``."""
+        if not repository.set_fields_if_state(connection, upload, expected, **fields):
+            return None
+        ended = [upload]
+        others = repository.sharers(connection, upload) if remove_bytes else []
+        if state == UploadState.REJECTED:
+            same = {"state": state, "failure_reason": fields["failure_reason"], "bytes_removed": True}
+            ended += [
+                other
+                for other in others
+                if repository.set_fields_if_state(connection, other, other.state, **same)
+            ]
+        if self.settings.webhook_url:
+            for each in ended:
+                outbox.record(connection, each, [(f"upload.{each.state}", event_data(each))])
+        return ended[1:], len(ended) - 1 < len(others)
 
     async def _remove_bytes(self, upload: Upload, *, quarantine: bool) -> None:
         if quarantine and self.settings.quarantine:

@@ -98,3 +98,25 @@ def test_outbox_rows_written_many_at_once_store_what_sqlalchemy_stores(tmp_path:
     assert body["data"] == data
     assert body["id"] == stored[0][0]
     assert body["type"] == "upload.received"
+
+
+def test_rows_written_many_at_once_each_get_their_own_values(tmp_path: Path) -> None:
+    """One moment bound to several rows is converted once; other moments are not taken for it."""
+    from uploader.webhooks import outbox
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    metadata.create_all(engine)
+    first = datetime(2026, 12, 1, 8, 0, 0, 1, tzinfo=UTC)
+    second = datetime(2026, 12, 2, 9, 30, 0, 2, tzinfo=UTC)
+    with engine.begin() as connection:
+        whole = replace(upload("d" * 32), concat_role=ConcatRole.NONE)
+        outbox.record(
+            connection, whole, [("upload.received", {}), ("upload.ready", {}), ("upload.ready", {})]
+        )
+        outbox._DELIVERED.execute_many(
+            connection, [{"row": 1, "now": first}, {"row": 2, "now": second}, {"row": 3, "now": first}]
+        )
+        delivered = connection.execute(
+            select(webhook_outbox.c.delivered_at).order_by(webhook_outbox.c.seq)
+        ).scalars()
+        assert list(delivered) == [first, second, first]

@@ -168,3 +168,32 @@ async def test_a_receiver_that_does_not_answer_in_time_fails_the_delivery_and_it
         client.close()
         for writer in silent:
             writer.close()
+
+
+async def test_a_post_waiting_for_a_busy_connection_counts_the_wait_in_its_time() -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        held.append(writer)  # never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        client = WebhookClient(f"http://127.0.0.1:{port}/hooks", connections=1)
+        first = asyncio.create_task(client.post(b"{}", HEADERS, within=5))
+        await asyncio.sleep(0.1)  # holds the only connection
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):
+            await client.post(b"{}", HEADERS, within=0.3)
+        assert 0.25 < asyncio.get_running_loop().time() - started < 2
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        # The slot came back: with the silent receiver, the next post times out on its own
+        # exchange, not waiting for a connection forever.
+        with pytest.raises(TimeoutError):
+            await client.post(b"{}", HEADERS, within=0.3)
+        client.close()
+        for writer in held:
+            writer.close()

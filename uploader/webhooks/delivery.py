@@ -65,8 +65,7 @@ async def deliver(settings: Settings, delivery: outbox.Claimed, client: WebhookC
         if refused:
             raise DeliveryFailed(refused)
     try:
-        async with asyncio.timeout(settings.webhook_timeout_seconds):
-            status = await client.post(body, headers)
+        status = await client.post(body, headers, settings.webhook_timeout_seconds)
     except TimeoutError:
         raise DeliveryFailed(f"no answer within {settings.webhook_timeout_seconds:g} s") from None
     except ReceiverError as exc:

@@ -144,15 +144,31 @@ class _Connection(asyncio.Protocol):
                 return
             del self.buffer[: line_end + 2 + size + 2]
 
-    async def exchange(self, request: bytes) -> tuple[int, bool]:
+    async def exchange(self, request: bytes, deadline: float | None) -> tuple[int, bool]:
+        """Send ``request`` and read its answer's status (and whether the connection
+        stays); past ``deadline`` (the loop's clock), ``TimeoutError``."""
         assert self.transport is not None
         if self.lost:
             raise ReceiverError("the connection had closed")
         self.answer = _Answer()
         self.received_any = False
-        self.waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[tuple[int, bool]] = loop.create_future()
+        self.waiter = waiter
         self.transport.write(request)
-        return await self.waiter
+        # A timer on the loop rather than ``asyncio.timeout``: no task cancellation to set
+        # up and undo around every delivery.
+        timer = None if deadline is None else loop.call_at(deadline, self._expire, waiter)
+        try:
+            return await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, waiter: asyncio.Future[tuple[int, bool]]) -> None:
+        if not waiter.done():
+            waiter.set_exception(TimeoutError())
+            self.close()  # an answer may still come: the connection is of no more use
 
     def close(self) -> None:
         if self.transport is not None:
@@ -173,17 +189,29 @@ class WebhookClient:
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(connections)
 
-    async def post(self, body: bytes, headers: bytes) -> int:
+    async def post(self, body: bytes, headers: bytes, within: float | None = None) -> int:
         """POST ``body`` with ``headers`` (``Name: value\\r\\n`` lines, rendered by the
-        caller); the answer's status. Raises ``ReceiverError`` (the caller bounds the time
-        with its own timeout)."""
+        caller); the answer's status. Raises ``ReceiverError``, or ``TimeoutError`` when
+        no answer came ``within`` that many seconds (a free connection, the connecting and
+        the exchange all count)."""
         request = b"%s%sContent-Length: %d\r\n\r\n%s" % (self._prefix, headers, len(body), body)
-        async with self._slots:
+        loop = asyncio.get_running_loop()
+        deadline = None if within is None else loop.time() + within
+        if self._slots.locked():
+            async with asyncio.timeout_at(deadline):  # the rare wait: every connection busy
+                await self._slots.acquire()
+        else:
+            await self._slots.acquire()  # free: no wait to bound
+        try:
             while True:
                 reused = bool(self._idle)
-                connection = self._idle.pop() if reused else await self._connect()
+                if reused:
+                    connection = self._idle.pop()
+                else:
+                    async with asyncio.timeout_at(deadline):  # None: no bound
+                        connection = await self._connect()
                 try:
-                    status, keep = await connection.exchange(request)
+                    status, keep = await connection.exchange(request, deadline)
                 except ReceiverError as exc:
                     connection.close()
                     if reused and not exc.answered:
@@ -197,6 +225,8 @@ class WebhookClient:
                 else:
                     connection.close()
                 return status
+        finally:
+            self._slots.release()
 
     def close(self) -> None:
         while self._idle:

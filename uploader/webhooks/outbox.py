@@ -74,6 +74,10 @@ def _draw_id_prefix() -> None:
 os.register_at_fork(after_in_child=_draw_id_prefix)  # forked workers never share a prefix
 
 
+# One encoder for every body (``json.dumps`` with options builds a new one each call).
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def new_delivery_id() -> str:
     return f"whd_{_ID_PREFIX}{next(_id_counter):012x}"
 
@@ -109,7 +113,7 @@ def record(connection: Connection, upload: Upload, events: list[tuple[str, dict[
                 "upload_id": upload.id,
                 "owner": upload.owner,
                 "type": event_type,
-                "body": json.dumps(body, separators=(",", ":")),
+                "body": _compact_json(body),
                 "created_at": now,
                 "status": PENDING,
                 "attempts": 0,
@@ -232,12 +236,51 @@ _CLAIM_FOLLOWERS = (
 )
 
 
+# SQLite (one writer at a time, no SKIP LOCKED) claims in one statement, on the driver:
+# the first ``batch`` due, free events whose upload has no earlier undelivered event that
+# is not due or is leased. The set is whole at the front of each upload (an event is in it
+# only with every earlier undelivered event of its upload), so the order holds as with
+# heads and followers.
+_blocking = and_(
+    _earlier.c.upload_id == _c.upload_id,
+    _earlier.c.status == PENDING,
+    _earlier.c.seq < _c.seq,
+    or_(
+        _earlier.c.next_attempt_at > bindparam("now"),
+        and_(_earlier.c.lease_until.is_not(None), _earlier.c.lease_until >= bindparam("now")),
+    ),
+)
+_CLAIM_IN_ONE = DriverStatement(
+    update(webhook_outbox)
+    .where(
+        _c.seq.in_(
+            select(_c.seq)
+            .where(
+                _c.status == PENDING,
+                _c.next_attempt_at <= bindparam("now"),
+                _free,
+                ~exists().where(_blocking),
+            )
+            .order_by(_c.seq)
+            .limit(bindparam("batch"))
+            .scalar_subquery()
+        )
+    )
+    .values(lease_until=bindparam("lease_until"))
+    .returning(*_CLAIMED),
+    {"now": _c.next_attempt_at, "lease_until": _c.lease_until, "batch": _c.attempts},
+)
+
+
 def claim(connection: Connection, batch: int, lease_seconds: float) -> tuple[list[Claimed], bool]:
     """Take up to ``batch`` due events, each the oldest undelivered one of its upload,
     and the events that follow them, for ``lease_seconds``; in order. Also whether more
     may be due now."""
     now = utcnow()
     params = {"now": now, "batch": batch, "lease_until": now + timedelta(seconds=lease_seconds)}
+    if connection.dialect.name == "sqlite":
+        rows = _CLAIM_IN_ONE.rows(connection, params)
+        return sorted((Claimed(*row) for row in rows), key=lambda d: d.seq), len(rows) == batch
     heads = [Claimed(*row) for row in connection.execute(_CLAIM, params)]
     if not heads:
         return [], False

@@ -46,14 +46,7 @@ async def test_a_signed_render_is_made_once_then_served_from_the_cache(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     uid = await ready_photo(client)
-    calls: list[tuple[object, ...]] = []
-    real = images.render_one
-
-    def counted(*args: object) -> tuple[bytes, int, int]:
-        calls.append(args)
-        return real(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(images, "render_one", counted)
+    calls = counting_renders(monkeypatch)
     url = signed_url(KEY, uid, "w_300,h_200,fit_cover,f_webp,q_80")
     first = await client.get(url)
     assert first.status_code == 200, first.text
@@ -71,6 +64,79 @@ async def test_a_signed_render_is_made_once_then_served_from_the_cache(
     assert is_upright(contained_png_as_jpeg(contained))
     assert picture(await client.get(signed_url(KEY, uid, "w_4000,f_jpeg"))).size == (1600, 1000)
     assert picture(await client.get(signed_url(KEY, uid, "w_64,h_64,fit_fill"))).size == (64, 64)
+
+
+def counting_renders(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, str]]:
+    """What each render was made from: the source's bytes and its Pillow format."""
+    sources: list[tuple[bytes, str]] = []
+    real = images.render_one
+
+    def counted(data: bytes, pillow_format: str, *args: object) -> tuple[bytes, int, int]:
+        sources.append((data, pillow_format))
+        return real(data, pillow_format, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(images, "render_one", counted)
+    return sources
+
+
+async def test_a_small_render_is_made_from_a_variant_and_a_large_one_from_the_original(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uid = await ready_photo(client)  # 1600 x 1000 upright; variants of 1024 and 256 px
+    sources = counting_renders(monkeypatch)
+    small = await client.get(signed_url(KEY, uid, "w_300,f_webp"))
+    assert small.status_code == 200, small.text
+    data, pillow_format = sources[-1]
+    # The smallest variant at least twice the render: 1024 x 640, upright, a JPEG for a JPEG.
+    assert (pillow_format, Image.open(io.BytesIO(data)).size) == ("JPEG", (1024, 640))
+    assert picture(small).size == (300, 188)
+    assert is_upright(contained_png_as_jpeg(picture(small)))
+    tiny = await client.get(signed_url(KEY, uid, "w_100"))
+    assert Image.open(io.BytesIO(sources[-1][0])).size == (256, 160)
+    assert picture(tiny).size == (100, 62)
+    # A square crop scales by the taller side: 160 px is not twice 100, 640 is.
+    square = await client.get(signed_url(KEY, uid, "w_100,h_100,fit_cover"))
+    assert Image.open(io.BytesIO(sources[-1][0])).size == (1024, 640)
+    assert picture(square).size == (100, 100)
+    # Larger than half the biggest variant: from the original, stored sideways.
+    large = await client.get(signed_url(KEY, uid, "w_600,f_jpeg"))
+    assert Image.open(io.BytesIO(sources[-1][0])).size == (1000, 1600)
+    assert picture(large).size == (600, 375)
+    assert is_upright(large.content)
+
+
+async def test_a_variant_whose_bytes_changed_is_not_rendered_from(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uid = await ready_photo(client)
+    service = client.app.state.uploads  # type: ignore[attr-defined]
+    upload = await service.get(None, uid)
+    other = jpeg(1024, 640, quality=50)
+    for name in ("1024.jpg", "1024.webp"):  # not the bytes recorded: the original is used
+        await service.store.put_derived(upload.storage_key, name, other)
+    sources = counting_renders(monkeypatch)
+    rendered = await client.get(signed_url(KEY, uid, "w_300"))
+    assert rendered.status_code == 200
+    assert Image.open(io.BytesIO(sources[-1][0])).size == (1000, 1600)
+
+
+async def test_a_transparent_image_renders_from_a_variant_that_keeps_its_alpha(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    picture_with_alpha = Image.new("RGBA", (1600, 1000), (200, 30, 30, 255))
+    picture_with_alpha.paste((0, 0, 0, 0), (0, 0, 800, 1000))  # the left half transparent
+    out = io.BytesIO()
+    picture_with_alpha.save(out, "PNG")
+    meta = metadata(filename="logo.png", filetype="image/png")
+    uid = upload_id(await upload_bytes(client, out.getvalue(), **{"Upload-Metadata": meta}))
+    assert (await settled_status(client, uid))["state"] == "ready"
+    sources = counting_renders(monkeypatch)
+    rendered = picture(await client.get(signed_url(KEY, uid, "w_300,f_png")))
+    assert sources[-1][1] == "WEBP", "not the variant that keeps the alpha channel"
+    assert rendered.size == (300, 188)
+    assert rendered.mode == "RGBA"
+    assert rendered.getpixel((40, 90))[3] == 0  # type: ignore[index]
+    assert rendered.getpixel((260, 90))[3] == 255  # type: ignore[index]
 
 
 def contained_png_as_jpeg(image: Image.Image) -> bytes:
@@ -96,6 +162,33 @@ async def test_only_the_exact_signed_url_renders(client: httpx.AsyncClient) -> N
         assert answer.status_code == 403, (case, answer.text)
         assert answer.json()["code"] == "render.signature_invalid", case
     assert (await client.get(f"{render_path(uid, ops)}?sig={sig}")).status_code == 200
+
+
+async def test_credentials_that_may_read_an_upload_render_it_without_a_signature(
+    settings: Settings,
+) -> None:
+    keys = {"alice-key": "alice", "bob-key": "bob"}
+    keyed = settings.model_copy(update={"render_key": SecretStr(KEY), "api_keys": keys})
+    async with in_process_client(keyed) as client:
+        alice = {"Authorization": "Bearer alice-key"}
+        client.headers.update(alice)
+        uid = await ready_photo(client)
+        del client.headers["Authorization"]
+        unsigned = render_path(uid, "w_120,f_jpeg")
+        by_owner = await client.get(unsigned, headers=alice)
+        assert by_owner.status_code == 200, by_owner.text
+        assert picture(by_owner).size == (120, 75)
+        assert by_owner.headers["cache-control"] == "private, max-age=31536000, immutable"
+        assert (await client.get(f"{unsigned}?access_token=alice-key")).status_code == 200  # an <img>
+        by_other = await client.get(unsigned, headers={"Authorization": "Bearer bob-key"})
+        assert by_other.status_code == 404  # not bob's: as if it did not exist
+        anonymous = await client.get(unsigned)
+        assert (anonymous.status_code, anonymous.json()["code"]) == (403, "render.signature_invalid")
+        unknown = await client.get(unsigned, headers={"Authorization": "Bearer mallory-key"})
+        assert unknown.status_code == 401
+        signed = await client.get(signed_url(KEY, uid, "w_120,f_jpeg"))  # no credentials at all
+        assert signed.status_code == 200
+        assert signed.headers["cache-control"] == "public, max-age=31536000, immutable"
 
 
 @pytest.mark.parametrize(

@@ -12,19 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from uploader.processing.images import RenderedVariant, variants_of
+from uploader.processing.images import RenderedVariant, Unrenderable, variants_of
 from uploader.settings import VariantSpec
 
 # The largest page PDF allows: 14,400 units a side, times the largest UserUnit (75).
 MAX_PAGE_POINTS = 14_400 * 75
 
 
-class DocumentRejected(Exception):
-    """The document cannot be read or rendered; ``code`` is stable, the message readable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
+class DocumentRejected(Unrenderable):
+    """The document cannot be read or rendered."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from uploader.renders.ops import fit_scale
 from uploader.settings import VariantSpec
 
 MEDIA_TYPES = {"webp": "image/webp", "jpeg": "image/jpeg", "png": "image/png"}
@@ -39,12 +40,17 @@ ORIENTATION_FIX = {
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a cut-off file is an error, not a grey half-picture
 
 
-class ImageRejected(Exception):
-    """The image cannot be rendered; ``code`` is stable, the message readable."""
+class Unrenderable(Exception):
+    """A file its decoder cannot read or render; ``code`` is stable, the message readable.
+    Each decoder (Pillow here, pdfium, ffmpeg) raises a kind of its own."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+
+
+class ImageRejected(Unrenderable):
+    """The image cannot be rendered."""
 
 
 @dataclass(frozen=True)
@@ -234,7 +240,7 @@ def render_one(
     at the smallest JPEG draft scale the box allows, upright, fitted (``contain``: within,
     never enlarged; ``cover``: filled, centred crop; ``fill``: exactly), encoded without
     metadata. Returns the bytes and their width and height."""
-    decoded = _decoded(data, pillow_format, max_pixels, lambda w, h: _scale(w, h, box, fit))
+    decoded = _decoded(data, pillow_format, max_pixels, lambda w, h: fit_scale(w, h, box, fit))
     frame = decoded.frame
     if decoded.transpose is not None:
         frame = frame.transpose(decoded.transpose)
@@ -242,20 +248,9 @@ def render_one(
     return _encode(frame, fmt, quality), frame.width, frame.height
 
 
-def _scale(width: int, height: int, box: tuple[int | None, int | None], fit: str) -> float:
-    """How much the upright picture is scaled to meet ``box``."""
-    box_w, box_h = box
-    ratios = [r for r in (box_w / width if box_w else None, box_h / height if box_h else None) if r]
-    if fit == "cover":
-        return max(ratios)
-    if fit == "fill":
-        return max(ratios)  # each side on its own; the draft must keep the larger
-    return min(1.0, *ratios)
-
-
 def _fitted(frame: Image.Image, box: tuple[int | None, int | None], fit: str) -> Image.Image:
     width, height = frame.size
-    scale = _scale(width, height, box, fit)
+    scale = fit_scale(width, height, box, fit)
     target = (max(1, round(width * scale)), max(1, round(height * scale)))
     box_w, box_h = box[0] or target[0], box[1] or target[1]
     if fit == "fill":

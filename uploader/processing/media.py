@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from uploader.processing.images import RenderedVariant, variants_of
+from uploader.processing.images import RenderedVariant, Unrenderable, variants_of
 from uploader.settings import VariantSpec
 
 MAX_PROBE_OUTPUT = 4 * 1024 * 1024
@@ -27,12 +27,8 @@ MAX_POSTER_BYTES = 64 * 1024 * 1024  # a PNG of at most 2048 x 2048 pixels is fa
 POSTER_BOX = 2048  # twice the default largest variant: the final resize keeps it sharp
 
 
-class MediaRejected(Exception):
-    """ffprobe or ffmpeg could not read the file; ``code`` is stable, the message readable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
+class MediaRejected(Unrenderable):
+    """ffprobe or ffmpeg could not read the file."""
 
 
 @dataclass(frozen=True)

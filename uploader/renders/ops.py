@@ -29,6 +29,25 @@ class RenderOps:
     def media_type(self) -> str:
         return FORMATS[self.format]
 
+    @property
+    def box(self) -> tuple[int | None, int | None]:
+        return self.width, self.height
+
+    def scale_of(self, width: int, height: int) -> float:
+        """How much a ``width`` x ``height`` picture is scaled to make this render."""
+        return fit_scale(width, height, self.box, self.fit)
+
+
+def fit_scale(width: int, height: int, box: tuple[int | None, int | None], fit: str) -> float:
+    """How much an upright ``width`` x ``height`` picture is scaled to meet ``box`` (either
+    side may be None) by ``fit``: within it, never enlarged (``contain``), or the larger
+    of the two ratios (``cover``, and ``fill``, whose draft must keep the larger side)."""
+    box_w, box_h = box
+    ratios = [r for r in (box_w / width if box_w else None, box_h / height if box_h else None) if r]
+    if fit in ("cover", "fill"):
+        return max(ratios)
+    return min(1.0, *ratios)
+
 
 def parse_ops(text: str) -> RenderOps:
     values: dict[str, str] = {}

@@ -70,8 +70,8 @@ class StepContext:
 class Step(Protocol):
     """One processing step.
 
-    ``types``: the detected media types it applies to (None: every upload); an upload of
-    another type records the step ``skipped`` without running it. ``records``: the
+    ``types``: the detected media types it applies to (None: every upload); for an upload
+    of another type it is neither run nor listed. ``records``: the
     upload's fields it may set. ``announces``: the events it publishes besides
     ``processing.step_started``, ``step_progress`` and ``step_done``. ``from_arrival``:
     what it finds is known when the upload arrives whole (its first bytes, its SHA-256),

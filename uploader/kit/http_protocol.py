@@ -85,6 +85,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse("request.header_timeout", detail)
 
     def _refuse(self, code: str, detail: str, headers: str = "") -> None:
+        if self._refused:
+            return  # answered already: a refused request gets one answer
         self._refused = True
         self._awaiting_headers = True  # every byte from here on goes nowhere
         self._stop_header_timer()

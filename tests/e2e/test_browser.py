@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import re
 import shutil
 import threading
 import time
@@ -316,6 +317,58 @@ def test_the_console_lists_follows_and_deletes_with_a_token(
     bare.wait_for_function("() => document.body.dataset.ready === 'true'")
     assert "token" in bare.locator("#notice").inner_text()
     bare.close()
+
+
+def test_the_console_keeps_an_event_that_comes_while_a_new_uploads_card_is_fetched(
+    token_server: LiveServer, browser: Any
+) -> None:
+    """A new upload's card is made from a status fetch. Its later events (received,
+    ready) can come while that fetch is still out: the page must not drop them and keep
+    the card at the state the fetch saw. The fetch is held here until they have come."""
+    from tests.auth.tokens import bearer, hs256
+
+    token = hs256("yara", scope="upload read")
+    page, errors, _ = _console(browser, token_server, token)
+    held: list[tuple[Any, Any]] = []  # (route, the answer it got when asked)
+
+    def hold_the_first_fetch(route: Any) -> None:
+        if route.request.method == "GET" and not held:
+            held.append((route, route.fetch()))  # the state now, answered later
+        else:
+            route.continue_()
+
+    page.route(re.compile(r"/api/v1/uploads/[0-9a-f]{32}$"), hold_the_first_fetch)
+    headers = {"Tus-Resumable": "1.0.0", **bearer(token)}
+    created = httpx.post(
+        token_server.tus_url,
+        headers={**headers, "Upload-Length": "4", "Upload-Metadata": metadata(filename="late.txt")},
+    )
+    assert created.status_code == 201, created.text
+    location = created.headers["Location"]
+    upload_id = location.rstrip("/").rsplit("/", 1)[-1]
+    deadline = time.monotonic() + 15
+    while not held:  # the page asked for the new upload's status, on its upload.created
+        assert time.monotonic() < deadline, "the page never fetched the new upload"
+        page.wait_for_timeout(50)
+    stale = held[0][1].json()
+    assert stale["id"] == upload_id
+    assert stale["state"] == "created"
+    patched = httpx.patch(
+        location,
+        headers={**headers, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+        content=b"abcd",
+    )
+    assert patched.status_code == 204
+    status_url = f"{token_server.url}/api/v1/uploads/{upload_id}"
+    while httpx.get(status_url, headers=bearer(token)).json()["state"] != "ready":
+        assert time.monotonic() < deadline, "the upload never became ready"
+        time.sleep(0.05)
+    page.wait_for_timeout(1_000)  # its events reach the page's stream meanwhile
+    route, answer = held[0]
+    route.fulfill(response=answer)  # the card is made at "created", after the events
+    page.locator(f'#uploads li[data-upload-id="{upload_id}"][data-state="ready"]').wait_for(timeout=10_000)
+    assert errors == []
+    page.close()
 
 
 # --------------------------------------------------------------------------- Uppy's S3 plugin

@@ -133,7 +133,24 @@ function forget (uploadId) {
   cards.delete(uploadId)
 }
 
-async function refresh (uploadId, { prepend = true } = {}) {
+// Uploads whose status is being fetched: an event that comes meanwhile (before the card
+// exists, or after the fetch was answered) asks for one more fetch once it is done.
+const fetching = new Map()
+
+async function refresh (uploadId, options = {}) {
+  const inFlight = fetching.get(uploadId)
+  if (inFlight) { inFlight.again = true; return }
+  const mark = { again: false }
+  fetching.set(uploadId, mark)
+  try {
+    await refreshOnce(uploadId, options)
+  } finally {
+    fetching.delete(uploadId)
+  }
+  if (mark.again) await refresh(uploadId, options)
+}
+
+async function refreshOnce (uploadId, { prepend = true } = {}) {
   if (removed.has(uploadId)) return
   const response = await call(`/api/v1/uploads/${uploadId}`)
   if (response.status === 404) { forget(uploadId); return }
@@ -188,7 +205,8 @@ function followEverything () {
     const view = cards.get(uploadId)
     if (event.type === 'upload.terminated' || event.type === 'upload.expired') { forget(uploadId); showUsage(); return }
     if (!view) {
-      if (event.type === 'upload.created' && new Date(data.at).getTime() >= shownSince()) refresh(uploadId)
+      if (fetching.has(uploadId)) refresh(uploadId) // its card is on the way: fetched again after
+      else if (event.type === 'upload.created' && new Date(data.at).getTime() >= shownSince()) refresh(uploadId)
       return
     }
     if (event.type === 'variant.ready') { addVariant(view, uploadId, data.variant); return }

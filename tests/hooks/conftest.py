@@ -3,6 +3,7 @@ and on PostgreSQL, with local storage."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.server
 import json
@@ -50,14 +51,30 @@ class HookReceiver:
         body: Any = None,
         *,
         delay: float = 0.0,
+        hold: threading.Event | None = None,
         raw: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        """How to answer `event`: after `delay` seconds, or once `hold` is set (a test
+        that must not depend on how fast the machine is releases it itself)."""
         payload = raw if raw is not None else json.dumps({} if body is None else body).encode()
-        self.answers[event] = lambda _document: (status, payload, headers or {}, delay)
+
+        def reply(_document: dict[str, Any]) -> Answer:
+            if hold is not None:
+                hold.wait(timeout=60)
+            return status, payload, headers or {}, delay
+
+        self.answers[event] = reply
 
     def events(self) -> list[str]:
         return [asked.document["type"] for asked in self.asked]
+
+    async def until_asked(self, events: list[str], within: float = 10.0) -> None:
+        """Waits until exactly ``events`` have been asked, in that order."""
+        deadline = time.monotonic() + within
+        while self.events() != events:
+            assert time.monotonic() < deadline, f"asked {self.events()}, not {events}"
+            await asyncio.sleep(0.02)
 
 
 @contextlib.contextmanager

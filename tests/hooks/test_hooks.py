@@ -5,6 +5,7 @@ hook that is slow, down or answers nonsense fails closed with nothing created.""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import httpx
@@ -155,7 +156,7 @@ async def test_a_hook_receiver_that_is_down_fails_closed(
 async def test_pre_terminate_can_refuse_and_its_wait_holds_no_lock(
     settings: Settings, hook_receiver: HookReceiver
 ) -> None:
-    async with in_process_client(_hooked(settings, hook_receiver, hook_timeout_seconds=5.0)) as client:
+    async with in_process_client(_hooked(settings, hook_receiver, hook_timeout_seconds=30.0)) as client:
         path = await create(client, 10)
         hook_receiver.answer("pre-terminate", body={"reject": {"status": 409, "message": "keep it"}})
         refused = await client.delete(path, headers=TUS)
@@ -163,13 +164,17 @@ async def test_pre_terminate_can_refuse_and_its_wait_holds_no_lock(
         assert refused.json()["code"] == "hook.rejected"
         assert (await client.head(path, headers=TUS)).status_code == 200
         # A slow hook: the upload takes bytes and answers its status meanwhile.
-        hook_receiver.answer("pre-terminate", delay=1.5)
+        thinking = threading.Event()
+        hook_receiver.answer("pre-terminate", hold=thinking)
         deleting = asyncio.create_task(client.delete(path, headers=TUS))
-        await asyncio.sleep(0.3)
-        assert (await patch(client, path, 0, b"abcde")).status_code == 204
-        status = await client.get(f"/api/v1/uploads/{upload_id(path)}")
-        assert status.json()["offset"] == 5
-        assert not deleting.done()  # still waiting for the hook
+        try:
+            await hook_receiver.until_asked(["pre-create", "pre-terminate", "pre-terminate"])
+            assert (await patch(client, path, 0, b"abcde")).status_code == 204
+            status = await client.get(f"/api/v1/uploads/{upload_id(path)}")
+            assert status.json()["offset"] == 5
+            assert not deleting.done()  # still waiting for the hook
+        finally:
+            thinking.set()
         assert (await deleting).status_code == 204
         assert (await client.head(path, headers=TUS)).status_code == 404
     assert hook_receiver.events() == ["pre-create", "pre-terminate", "pre-terminate"]
@@ -178,20 +183,26 @@ async def test_pre_terminate_can_refuse_and_its_wait_holds_no_lock(
 async def test_a_slow_pre_create_holds_up_no_other_creation(
     settings: Settings, hook_receiver: HookReceiver
 ) -> None:
+    thinking = threading.Event()
     calls = 0
 
     def slow_first(_document: dict[str, Any]) -> tuple[int, bytes, dict[str, str], float]:
         nonlocal calls
         calls += 1
-        return 200, b"{}", {}, 1.5 if calls == 1 else 0.0
+        if calls == 1:
+            thinking.wait(timeout=60)
+        return 200, b"{}", {}, 0.0
 
     hook_receiver.answers["pre-create"] = slow_first
-    async with in_process_client(_hooked(settings, hook_receiver, hook_timeout_seconds=5.0)) as client:
+    async with in_process_client(_hooked(settings, hook_receiver, hook_timeout_seconds=30.0)) as client:
         slow = asyncio.create_task(_tus(client))
-        await asyncio.sleep(0.3)
-        quick = await asyncio.wait_for(_tus(client), timeout=1.0)
-        assert quick.status_code == 201
-        assert not slow.done()
+        try:
+            await hook_receiver.until_asked(["pre-create"])
+            quick = await asyncio.wait_for(_tus(client), timeout=10)
+            assert quick.status_code == 201
+            assert not slow.done()
+        finally:
+            thinking.set()
         assert (await slow).status_code == 201
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 from typing import Any
 
 import httpx
@@ -138,16 +139,19 @@ async def test_a_pre_finish_hook_that_is_away_leaves_the_upload_resumable_never_
 async def test_a_slow_pre_finish_holds_no_lock_and_a_deletion_meanwhile_wins(
     settings: Settings, hook_receiver: HookReceiver
 ) -> None:
-    hook_receiver.answer("pre-finish", delay=1.0)
-    async with in_process_client(_hooked(settings, hook_receiver, hook_timeout_seconds=5.0)) as client:
+    thinking = threading.Event()
+    hook_receiver.answer("pre-finish", hold=thinking)
+    async with in_process_client(_hooked(settings, hook_receiver, hook_timeout_seconds=30.0)) as client:
         path = await create(client, len(PDF))
         finishing = asyncio.create_task(patch(client, path, 0, PDF))
-        await asyncio.sleep(0.4)
-        assert hook_receiver.events() == ["pre-finish"]
-        # The lock is free: a deletion goes through at once, while the hook thinks.
-        deleted = await asyncio.wait_for(client.delete(path, headers=TUS), timeout=0.5)
-        assert deleted.status_code == 204
-        assert not finishing.done()
+        try:
+            await hook_receiver.until_asked(["pre-finish"])
+            # The lock is free: a deletion goes through while the hook still thinks.
+            deleted = await asyncio.wait_for(client.delete(path, headers=TUS), timeout=10)
+            assert deleted.status_code == 204
+            assert not finishing.done()
+        finally:
+            thinking.set()
         response = await finishing
         assert response.status_code == 404
         assert response.json()["code"] == "upload.not_found"

@@ -19,8 +19,8 @@ import pytest
 
 from tests.conftest import fresh_postgres_database
 from tests.e2e.proxies import NGINX_CONF, Proxy, haproxy_in_front, nginx_in_front, wait_until_ready
+from tests.e2e.slow_client import HandFedPatch
 from tests.e2e.test_workers import redis_env_context
-from tests.faults.clients import TricklingPatch
 from tests.observability.metrics import scrape_url
 from tests.support import PATCH_HEADERS, TUS, LiveServer, start_server, stop_process
 from uploader.settings import Settings
@@ -103,14 +103,24 @@ def test_bodies_are_not_buffered_by_the_proxy(deployment: Deployment) -> None:
     data = os.urandom(6 * MiB)
     created = httpx.post(proxy.tus_url, headers={**TUS, "Upload-Length": str(len(data))})
     upload_id = created.headers["Location"].rsplit("/", 1)[1]
-    patch = TricklingPatch(created.headers["Location"], data, rate=MiB)  # six seconds
-    time.sleep(4)
-    # Read straight from a process: the offset the API recorded while the body still
-    # arrives (the local store writes, and records, 2 MiB at a time). A proxy that
-    # buffered the body would not have sent a byte of it yet.
-    offset = httpx.get(f"{deployment.backends[0].url}/api/v1/uploads/{upload_id}").json()["offset"]
-    assert offset >= 2 * MiB, offset
-    assert patch.wait(30) == 204, patch.error
+    status_url = f"{deployment.backends[0].url}/api/v1/uploads/{upload_id}"
+    patch = HandFedPatch(created.headers["Location"], 0, len(data))
+    try:
+        # Five sixths of the body, and the rest held back until the API has recorded some
+        # of it (the local store writes 2 MiB at a time and records what a finished write
+        # stored once the next one starts: 2 MiB once 4 have come; read straight from a
+        # process). A proxy that buffered bodies would not send a byte before the whole
+        # body came, so nothing would ever be recorded.
+        patch.send(data[: 5 * MiB])
+        deadline = time.monotonic() + 30
+        while (offset := httpx.get(status_url).json()["offset"]) < 2 * MiB:
+            assert time.monotonic() < deadline, f"{offset} bytes recorded of a body held back"
+            time.sleep(0.1)
+        patch.send(data[5 * MiB :])
+        assert patch.response().status == 204
+    finally:
+        patch.close()
+    assert httpx.get(status_url).json()["offset"] == len(data)
 
 
 def test_event_streams_come_through_live(deployment: Deployment) -> None:

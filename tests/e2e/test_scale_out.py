@@ -119,12 +119,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, own_s3: str, redis_url: st
                 api.stop()
 
 
+@dataclass(frozen=True)
+class Failure:
+    at: float
+    method: str
+    url: str
+    detail: str
+
+
 @dataclass
 class Client:
     """Requests through the proxy, each on a new connection; what went wrong, and when."""
 
     url: str
-    failures: list[tuple[float, str]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     answers: list[tuple[float, str]] = field(default_factory=list)  # every 4xx and 5xx
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -132,10 +140,11 @@ class Client:
         try:
             answer = httpx.request(method, url, timeout=60, **kwargs)  # type: ignore[arg-type]
         except httpx.TransportError as exc:
-            self._failed(f"{method} {type(exc).__name__}")
+            self._failed(method, url, type(exc).__name__)
             return None
         if answer.status_code >= 500:
-            self._failed(f"{method} {answer.status_code} {answer.text[:200]}")
+            # Also the proxy's own 502 for a request its process died under.
+            self._failed(method, url, f"{answer.status_code} {answer.text[:200]}")
         if answer.status_code >= 400:
             with self.lock:
                 self.answers.append((time.monotonic(), f"{method} {url} {answer.status_code}"))
@@ -145,9 +154,9 @@ class Client:
         with self.lock:
             return [what for _, what in self.answers if location in what][-5:]
 
-    def _failed(self, what: str) -> None:
+    def _failed(self, method: str, url: str, detail: str) -> None:
         with self.lock:
-            self.failures.append((time.monotonic(), what))
+            self.failures.append(Failure(time.monotonic(), method, url, detail))
 
     def until(self, attempt: Callable[[], httpx.Response | None], ok: tuple[int, ...]) -> httpx.Response:
         """``attempt`` again (a process died under it) until it answers one of ``ok``."""
@@ -327,7 +336,7 @@ def test_uploads_through_three_processes_survive_a_killed_one(cluster: Cluster, 
         time.sleep(0.5)
 
     # Server errors only from the killed process's moment (what it had in flight).
-    late = [(at - killed_at, what) for at, what in client.failures if not killed_at <= at <= restarted_at + 5]
+    late = [failure for failure in client.failures if not killed_at <= failure.at <= restarted_at + 5]
     assert late == [], late
 
     # The event stream saw every upload become ready, each upload's events in order, with
@@ -340,8 +349,13 @@ def test_uploads_through_three_processes_survive_a_killed_one(cluster: Cluster, 
     assert follower.reconnected_at is not None
     ids = [event.id for event in follower.events]
     assert len(ids) == len(set(ids)), "an event came twice"
+    # A PATCH the kill cut may have recorded its upload complete just before the process
+    # died, and so never announced it: only such an upload may lack ``upload.received``.
+    cut = {failure.url.rsplit("/", 1)[1] for failure in client.failures if failure.method == "PATCH"}
     for upload_id in done:
         types = [e.type for e in follower.events if e.data.get("upload_id") == upload_id]
+        if "upload.received" not in types and upload_id in cut:
+            continue
         assert types.index("upload.received") < types.index("upload.ready"), types
         if "upload.created" in types:  # (an upload created before the stream opened has none)
             assert types.index("upload.created") < types.index("upload.received"), types

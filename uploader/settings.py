@@ -54,8 +54,9 @@ class Settings(BaseSettings):
         default=20,
         ge=1,
         le=500,
-        description="PostgreSQL connections each process keeps open once it needed them; "
-        "up to 10 more are opened for a burst and closed after it.",
+        description="PostgreSQL connections each process keeps open once it needed them (half "
+        "for statements that stand alone, run on the driver); up to 10 more are opened for a "
+        "burst and closed after it.",
     )
     storage_url: str | None = Field(
         default=None, description="file:///path for a local folder; unset means DATA_DIR/files."

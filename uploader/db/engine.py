@@ -6,6 +6,11 @@ from the event loop (``AsyncConnection.run_sync``). On SQLite a whole transactio
 the event loop with the standard library driver, over one connection kept open: its
 transactions take tens of microseconds, and handing each to a thread cost more CPU than
 the work (the wake-ups, and the GIL passing to and fro).
+
+On PostgreSQL, work whose statements each stand alone (``transaction=False``) runs on a
+connection of asyncpg's, kept aside from the engine's pool, with ``DriverStatement``
+calling asyncpg itself: SQLAlchemy's checkout, execution and result handling around a
+one-row statement cost several times the statement.
 """
 
 from __future__ import annotations
@@ -20,10 +25,15 @@ from typing import Any, TypeVar
 import sqlalchemy.exc
 import sqlalchemy.ext.asyncio
 from sqlalchemy import Connection, Engine, event
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.util.concurrency import greenlet_spawn
 
+from uploader.db.driver import DriverConnection
 from uploader.kit.errors import DependencyUnavailable
 from uploader.kit.logging import get_logger
+from uploader.observability import tracing
 from uploader.storage.base import StorageFull
 
 T = TypeVar("T")
@@ -120,9 +130,23 @@ def _sqlstate(exc: BaseException) -> str:
     return ""
 
 
+def _driver_connection_lost(exc: BaseException) -> bool:
+    """Whether asyncpg's own error (work run on a ``DriverConnection``) says the
+    connection, or the server behind it, is gone: the connection is of no more use."""
+    module = type(exc).__module__
+    if not module.startswith("asyncpg"):
+        return isinstance(exc, OSError | TimeoutError)
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str):
+        return state.startswith(_UNAVAILABLE_SQLSTATES)
+    return True  # asyncpg's interface errors: a closed or broken connection
+
+
 def translate_error(exc: Exception) -> Exception | None:
     """What a failed unit of work means to a caller: the disk is full, the database is
     away (worth a retry later), or None for an error of the work itself."""
+    if type(exc).__module__.startswith("asyncpg") and _driver_connection_lost(exc):
+        return DependencyUnavailable("database", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     orig = getattr(exc, "orig", None)
     if isinstance(orig, sqlite3.Error):
         code = getattr(orig, "sqlite_errorcode", None)
@@ -165,15 +189,19 @@ class Database:
             # opened (20 by default): under many small uploads a connection opened past
             # the kept ones and closed again at once (a new server process each time)
             # cost more than the statements it ran.
+            # Half of the kept connections serve work whose statements stand alone, on
+            # the driver (``_DriverPool``, borrowed from this pool), half the rest.
+            kept_aside = max(1, pool_size // 2)
             self._async = sqlalchemy.ext.asyncio.create_async_engine(
                 url,
-                pool_size=pool_size,
+                pool_size=max(1, pool_size - kept_aside),
                 max_overflow=10,
                 pool_timeout=10,
                 connect_args={"timeout": 5, "command_timeout": 30},
             )
-            # The same pool, without BEGIN and COMMIT: work whose statements each stand
-            # alone (one statement, or reads) saves two round trips a unit.
+            self._driver_pool = _DriverPool(self._async, kept_aside)
+            # The same pool, without BEGIN and COMMIT, for work whose statements stand
+            # alone while traced (the driver's statements would make no spans).
             self._autocommit = self._async.execution_options(isolation_level="AUTOCOMMIT")
 
     def _run_sqlite(self, work: Work[T]) -> T:
@@ -218,7 +246,9 @@ class Database:
                 translated = translate_error(exc)
                 if translated is None:
                     raise
-                died = isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+                died = (
+                    isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+                ) or _driver_connection_lost(exc)
                 if attempt == 2 or not died:
                     raise translated from exc
             await asyncio.sleep(0.05)
@@ -229,10 +259,30 @@ class Database:
             return self._run_sqlite(work)
         assert self._async is not None
         if not transaction:
+            if tracing.tracer is None:
+                return await self._run_on_driver(work)
             async with self._autocommit.connect() as alone:
                 return await alone.run_sync(work)
         async with self._async.begin() as connection:
             return await connection.run_sync(work)
+
+    async def _run_on_driver(self, work: Work[T]) -> T:
+        """``work`` on a connection of asyncpg's, each statement committing on its own."""
+        assert self._async is not None
+        borrowed = await self._driver_pool.acquire()
+        driver = DriverConnection(borrowed.driver_connection, self._async.dialect)
+        try:
+            result = await greenlet_spawn(work, driver)
+        except BaseException as exc:
+            # A lost connection (the server restarted, say: the others kept aside went
+            # with it), or one left in the middle of a statement (cancelled): never again.
+            if not isinstance(exc, Exception) or _driver_connection_lost(exc):
+                await self._driver_pool.discard(borrowed, also_idle=isinstance(exc, Exception))
+            else:
+                self._driver_pool.release(borrowed)
+            raise
+        self._driver_pool.release(borrowed)
+        return result
 
     async def dispose(self) -> None:
         if self._sqlite is not None:
@@ -245,4 +295,78 @@ class Database:
                     self._checkpointer = None
             self._sqlite.dispose()
         if self._async is not None:
+            await self._driver_pool.close()
             await self._async.dispose()
+
+
+class _DriverPool:
+    """PostgreSQL connections borrowed from the engine's pool and kept aside, lent one at
+    a time to work run on the driver (``Database._run_on_driver``). They count against the
+    engine's limits, and have its codecs and timeouts. Borrowing and lending cost a list
+    operation, where the engine's checkout and return cost more than a status read."""
+
+    def __init__(self, engine: AsyncEngine, size: int, wait_seconds: float = 10.0) -> None:
+        self._engine = engine
+        self._idle: list[PoolProxiedConnection] = []
+        self._slots = asyncio.Semaphore(size)
+        self._wait_seconds = wait_seconds
+
+    async def acquire(self) -> PoolProxiedConnection:
+        if self._slots.locked():  # every one lent: wait, for a while (the engine's pool_timeout)
+            try:
+                async with asyncio.timeout(self._wait_seconds):
+                    await self._slots.acquire()
+            except TimeoutError:
+                detail = f"no connection free within {self._wait_seconds:g} s"
+                raise DependencyUnavailable("database", detail) from None
+        else:
+            await self._slots.acquire()
+        if self._idle:
+            return self._idle.pop()
+        try:
+            return await greenlet_spawn(self._engine.sync_engine.raw_connection)
+        except BaseException as exc:
+            self._slots.release()
+            if not isinstance(exc, Exception):
+                raise
+            # Unwrapped by the engine here: refused, not accepting connections, timed out.
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DependencyUnavailable("database", detail) from exc
+
+    def release(self, connection: PoolProxiedConnection) -> None:
+        self._idle.append(connection)
+        self._slots.release()
+
+    async def discard(self, connection: PoolProxiedConnection, *, also_idle: bool) -> None:
+        """Close ``connection`` for good. ``also_idle``: the server was lost, so every
+        connection opened before now went with it: those kept idle here, and those in the
+        engine's pool (marked stale, as SQLAlchemy does itself when its own statement
+        finds a connection lost: it opens new ones when next asked)."""
+        self._slots.release()
+        if not also_idle:
+            await _invalidate(connection)
+            return
+        doomed, self._idle = self._idle, []
+        try:  # (invalidates ``connection`` too)
+            await greenlet_spawn(self._engine.sync_engine.pool._invalidate, connection)
+        except Exception:
+            await _invalidate(connection)
+        for each in doomed:
+            await _invalidate(each)
+
+    async def close(self) -> None:
+        while self._idle:
+            connection = self._idle.pop()
+            try:
+                await greenlet_spawn(connection.close)
+            except Exception:
+                await _invalidate(connection)
+
+
+async def _invalidate(connection: PoolProxiedConnection) -> None:
+    try:
+        await greenlet_spawn(connection.invalidate)
+    except Exception:  # already broken: what is left of it goes with the process
+        driver: DBAPIConnection | None = connection.dbapi_connection
+        if driver is not None and hasattr(driver, "terminate"):
+            driver.terminate()

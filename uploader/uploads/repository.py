@@ -15,12 +15,12 @@ from typing import Any
 from sqlalchemy import Connection, Row, Select, bindparam, delete, select, update
 from sqlalchemy import insert as sql_insert
 
-from uploader.db.driver import DriverStatement
+from uploader.db.driver import DriverConnection, DriverStatement
 from uploader.db.models import ConcatRole, Upload, UploadState, uploads, utcnow
 
 _uploads = uploads
 _c = _uploads.c
-_GET = select(_uploads).where(_c.id == bindparam("key"))
+_GET = DriverStatement(select(_uploads).where(_c.id == bindparam("key")), {"key": _c.id})
 _COLUMNS = tuple(
     column.name
     for column in _uploads.columns
@@ -95,9 +95,9 @@ def insert(connection: Connection, upload: Upload) -> Upload:
     return upload
 
 
-def get(connection: Connection, upload_id: str) -> Upload | None:
-    row = connection.execute(_GET, {"key": upload_id}).first()
-    return _upload_of(row) if row is not None else None
+def get(connection: Connection | DriverConnection, upload_id: str) -> Upload | None:
+    rows = _GET.mappings(connection, {"key": upload_id})
+    return Upload(**rows[0]) if rows else None
 
 
 def get_many(connection: Connection, upload_ids: Sequence[str]) -> list[Upload]:
@@ -145,32 +145,38 @@ _BEFORE = (
     .with_for_update()
     .subquery("before")
 )
-_CLAIM_RETURNING = (
+_CLAIM_RETURNING = DriverStatement(
     update(_uploads)
     .where(_c.id == _BEFORE.c.claimed_id, _c.writer_generation < bindparam("generation"))
     .values(writer_generation=bindparam("generation"), writer_active=True)
-    .returning(*_uploads.c, _BEFORE.c.was_active)
+    .returning(*_uploads.c, _BEFORE.c.was_active),
+    {"key": _c.id, "generation": _c.writer_generation},
+)
+# Elsewhere: after a read of the row, the update guarded by the generation.
+_CLAIM_AFTER_READ = DriverStatement(
+    _CLAIM.values(writer_generation=bindparam("generation"), writer_active=True),
+    {"key": _c.id, "generation": _c.writer_generation},
 )
 
 
-def claim_for_writing(connection: Connection, upload_id: str, generation: int) -> tuple[Upload, bool] | None:
+def claim_for_writing(
+    connection: Connection | DriverConnection, upload_id: str, generation: int
+) -> tuple[Upload, bool] | None:
     """The upload, now fenced against every writer older than ``generation`` (whose
     records are refused from here on) and marked as being written, and whether an older
     writer's write was still open when it was claimed (it died, or lost its lock, in the
     middle of a write); None when there is no such upload."""
+    params = {"key": upload_id, "generation": generation}
     if connection.dialect.name == "postgresql":
-        row = connection.execute(_CLAIM_RETURNING, {"key": upload_id, "generation": generation}).first()
-        if row is not None:
-            fields = dict(row._mapping)
+        rows = _CLAIM_RETURNING.mappings(connection, params)
+        if rows:
+            fields = dict(rows[0])
             return Upload(**{k: v for k, v in fields.items() if k != "was_active"}), fields["was_active"]
         # Not claimed: no such upload, or a writer as new or newer has it (read below).
     before = get(connection, upload_id)
     if before is None:
         return None
-    connection.execute(
-        _CLAIM.values(writer_generation=bindparam("generation"), writer_active=True),
-        {"key": upload_id, "generation": generation},
-    )
+    _CLAIM_AFTER_READ.execute(connection, params)
     open_before = before.writer_active and before.writer_generation < generation
     if before.writer_generation < generation:
         before.writer_generation, before.writer_active = generation, True

@@ -20,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from uploader.events.bus import Event, EventsUnavailable, QueueSubscription
 from uploader.kit.redis import redis_client
+from uploader.kit.resp import HotPath
 
 _PUBLISH = """
 local id = redis.call('INCR', KEYS[1])
@@ -57,7 +58,8 @@ class RedisEventBus:
         self.per_owner = per_owner
         self.upload_ttl_seconds = upload_ttl_seconds
         self.redis: Redis = redis_client(url)
-        self._publish = self.redis.register_script(_PUBLISH)
+        self._hot = HotPath(self.redis, url)  # publishing: every upload does, several times
+        self._publish = self._hot.script(_PUBLISH)
         # One reader per stream for all of this process's subscribers to it: with many
         # clients following the same events, each event is read and decoded once.
         self._hubs: dict[str, _StreamHub] = {}
@@ -111,6 +113,7 @@ class RedisEventBus:
     async def close(self) -> None:
         for hub in list(self._hubs.values()):
             await hub.stop()
+        await self._hot.close()
         await self.redis.aclose()
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from uploader.kit.redis import redis_client
+from uploader.kit.resp import HotPath
 from uploader.observability import tracing
 from uploader.settings import Settings
 
@@ -33,6 +34,7 @@ class TaskSender:
     def __init__(self, settings: Settings) -> None:
         assert settings.redis_url is not None
         self.redis: Redis = redis_client(settings.redis_url)
+        self._hot = HotPath(self.redis, settings.redis_url)
         self.queue = settings.task_queue
         # kombu's key of the queue's list: the transport's global prefix, then the queue
         # (a message of priority 0, the default, goes to the list without a suffix).
@@ -87,7 +89,8 @@ class TaskSender:
         return json.dumps(message).encode()
 
     async def send(self, name: str, args: list[Any], headers: dict[str, str] | None = None) -> None:
-        await self.redis.lpush(self.key, self.message(name, args, headers))
+        await self._hot.call(b"LPUSH", self.key, self.message(name, args, headers))
 
     async def close(self) -> None:
+        await self._hot.close()
         await self.redis.aclose()

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +32,7 @@ from redis.exceptions import RedisError
 from uploader.kit.errors import DependencyUnavailable
 from uploader.kit.logging import get_logger
 from uploader.kit.redis import redis_client
+from uploader.kit.resp import HotPath
 from uploader.observability import metrics
 from uploader.uploads.locks import LocalLocker, LockHolder, UploadLocked
 
@@ -56,6 +59,23 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+# A lease's token: random bits drawn once per process, then a counter (a fresh random
+# token per hold cost a system call every write).
+_TOKEN_PREFIX = secrets.token_hex(8)
+_token_counter = itertools.count()
+
+
+def _new_token() -> str:
+    return f"{_TOKEN_PREFIX}{next(_token_counter):x}"
+
+
+def _draw_token_prefix() -> None:
+    global _TOKEN_PREFIX
+    _TOKEN_PREFIX = secrets.token_hex(8)
+
+
+os.register_at_fork(after_in_child=_draw_token_prefix)  # forked processes never share one
+
 # A lease counts as ours for this share of its length after a renewal was sent.
 _SAFE_SHARE = 0.8
 
@@ -65,6 +85,7 @@ class RedisLocker:
 
     def __init__(self, url: str, prefix: str, timeout: float, lease_seconds: float = 5.0) -> None:
         self.redis: Redis = redis_client(url)
+        self._hot = HotPath(self.redis, url)  # taking and releasing: every write does
         self.prefix = prefix
         self.timeout = timeout
         self.lease_seconds = lease_seconds
@@ -72,8 +93,8 @@ class RedisLocker:
         self.local = LocalLocker(timeout)
         self.channel = f"{prefix}:lock-release"
         self._generation_key = f"{prefix}:lock-generation"
-        self._acquire = self.redis.register_script(_ACQUIRE)
-        self._release = self.redis.register_script(_RELEASE)
+        self._acquire = self._hot.script(_ACQUIRE)
+        self._release = self._hot.script(_RELEASE)
         self._renew = self.redis.register_script(_RENEW)
         self._listener: asyncio.Task[None] | None = None
         self._leased: dict[str, LockHolder] = {}  # holders whose Redis lease is taken
@@ -107,6 +128,7 @@ class RedisLocker:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
+        await self._hot.close()
         await self.redis.aclose()
 
     @asynccontextmanager
@@ -115,7 +137,7 @@ class RedisLocker:
     ) -> AsyncIterator[LockHolder]:
         async with self.local.hold(upload_id, interrupt=interrupt, patience=patience) as holder:
             key = self._key(upload_id)
-            token = secrets.token_hex(8)
+            token = _new_token()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + (self.timeout if patience is None else patience)
             waited_from: float | None = None

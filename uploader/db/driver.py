@@ -86,13 +86,9 @@ class DriverStatement:
         with self._driver_cursor(connection, params) as cursor:
             return int(cursor.rowcount), cursor.lastrowid
 
-    def rows(
-        self, connection: Connection | DriverConnection, params: dict[str, Any]
-    ) -> list[tuple[Any, ...]]:
+    def rows(self, connection: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Runs a statement that returns rows (``RETURNING``, a select); its rows, as the
         driver gives them (no result processing: columns of plain types only)."""
-        if isinstance(connection, DriverConnection):
-            return [tuple(row) for row in connection.fetch(self, params)]
         if connection.dialect.name != "sqlite":
             return [tuple(row) for row in connection.execute(self.statement, params)]
         with self._driver_cursor(connection, params) as cursor:
@@ -148,11 +144,8 @@ class DriverStatement:
             values.append(value if process is None else _converted(value, process, memo))
         return values
 
-    def execute_many(self, connection: Connection | DriverConnection, rows: list[dict[str, Any]]) -> None:
+    def execute_many(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
         """Runs the statement once per parameter set (one driver call on SQLite)."""
-        if isinstance(connection, DriverConnection):
-            connection.execute_many(self, rows)
-            return
         if connection.dialect.name != "sqlite":
             connection.execute(self.statement, rows)
             return
@@ -218,7 +211,8 @@ class DriverConnection:
 
     def fetch(self, statement: DriverStatement, params: Mapping[str, Any]) -> list[Any]:
         compiled, values = self._prepared(statement, params)
-        return list(await_(self.driver.fetch(compiled.sql, *values)))
+        rows: list[Any] = await_(self.driver.fetch(compiled.sql, *values))
+        return rows
 
     def execute(self, statement: DriverStatement, params: Mapping[str, Any]) -> tuple[int, int | None]:
         compiled, values = self._prepared(statement, params)
@@ -228,12 +222,6 @@ class DriverConnection:
             return len(rows), inserted
         status: str = await_(self.driver.execute(compiled.sql, *values))
         return _rows_of(status), None
-
-    def execute_many(self, statement: DriverStatement, rows: list[dict[str, Any]]) -> None:
-        compiled = statement.compiled_for(self.dialect)
-        memo: dict[tuple[int, int], tuple[Any, Any]] = {}
-        values = [DriverStatement._values(compiled, params, memo) for params in rows]
-        await_(self.driver.executemany(compiled.sql, values))
 
 
 def _rows_of(status: str) -> int:

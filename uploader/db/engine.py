@@ -275,9 +275,11 @@ class Database:
             result = await greenlet_spawn(work, driver)
         except BaseException as exc:
             # A lost connection (the server restarted, say: the others kept aside went
-            # with it), or one left in the middle of a statement (cancelled): never again.
+            # with it), or one left in the middle of a statement (cancelled, timed out):
+            # never again.
             if not isinstance(exc, Exception) or _driver_connection_lost(exc):
-                await self._driver_pool.discard(borrowed, also_idle=isinstance(exc, Exception))
+                server_lost = isinstance(exc, Exception) and not isinstance(exc, TimeoutError)
+                await self._driver_pool.discard(borrowed, also_idle=server_lost)
             else:
                 self._driver_pool.release(borrowed)
             raise

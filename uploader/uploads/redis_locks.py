@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import os
-import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from uploader.kit.errors import DependencyUnavailable
+from uploader.kit.ids import CountedIds
 from uploader.kit.logging import get_logger
 from uploader.kit.redis import redis_client
 from uploader.kit.resp import HotPath
@@ -59,22 +57,7 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
-# A lease's token: random bits drawn once per process, then a counter (a fresh random
-# token per hold cost a system call every write).
-_TOKEN_PREFIX = secrets.token_hex(8)
-_token_counter = itertools.count()
-
-
-def _new_token() -> str:
-    return f"{_TOKEN_PREFIX}{next(_token_counter):x}"
-
-
-def _draw_token_prefix() -> None:
-    global _TOKEN_PREFIX
-    _TOKEN_PREFIX = secrets.token_hex(8)
-
-
-os.register_at_fork(after_in_child=_draw_token_prefix)  # forked processes never share one
+_new_token = CountedIds()  # a lease's token: only its holder may renew or release it
 
 # A lease counts as ours for this share of its length after a renewal was sent.
 _SAFE_SHARE = 0.8

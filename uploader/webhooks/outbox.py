@@ -12,10 +12,7 @@ dead-lettered, until ``uploader webhooks retry`` sends it again.
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,6 +33,7 @@ from sqlalchemy import insert as sql_insert
 
 from uploader.db.driver import DriverStatement
 from uploader.db.models import ConcatRole, Upload, utcnow, webhook_outbox
+from uploader.kit.ids import CountedIds
 from uploader.observability import tracing
 from uploader.observability.request_ids import current_request_id
 
@@ -60,18 +58,8 @@ _INSERTED = (
 _INSERT = DriverStatement(sql_insert(webhook_outbox), {name: _c[name] for name in _INSERTED})
 
 
-# Delivery ids: 64 random bits per process, then a counter (a fresh random id for every
-# event cost more than its insert); a restart draws new random bits.
-_ID_PREFIX = secrets.token_hex(8)
-_id_counter = itertools.count()
-
-
-def _draw_id_prefix() -> None:
-    global _ID_PREFIX
-    _ID_PREFIX = secrets.token_hex(8)
-
-
-os.register_at_fork(after_in_child=_draw_id_prefix)  # forked workers never share a prefix
+# Delivery ids: a fresh random id for every event cost more than its insert.
+_delivery_ids = CountedIds()
 
 
 # One encoder for every body (``json.dumps`` with options builds a new one each call).
@@ -79,7 +67,7 @@ _compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def new_delivery_id() -> str:
-    return f"whd_{_ID_PREFIX}{next(_id_counter):012x}"
+    return f"whd_{_delivery_ids()}"
 
 
 def record(connection: Connection, upload: Upload, events: list[tuple[str, dict[str, Any]]]) -> None:

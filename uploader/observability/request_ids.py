@@ -5,11 +5,10 @@ the request caused."""
 
 from __future__ import annotations
 
-import itertools
-import os
 import re
-import secrets
 from contextvars import ContextVar
+
+from uploader.kit.ids import CountedIds
 
 REQUEST_ID_HEADER = "X-Request-ID"
 TASK_REQUEST_ID = "uploader_request_id"  # the Celery message header that carries it
@@ -21,23 +20,7 @@ _SANE = re.compile(rb"[A-Za-z0-9._:;=+/@-]{1,%d}" % MAX_LENGTH)
 current_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
-class _Ids:
-    """32 hex digits: 64 random bits drawn per process (again after a fork), then a
-    counter; no system call per request."""
-
-    def __init__(self) -> None:
-        self.reseed()
-        os.register_at_fork(after_in_child=self.reseed)
-
-    def reseed(self) -> None:
-        self.prefix = secrets.token_hex(8)
-        self.counter = itertools.count()
-
-    def next(self) -> str:
-        return f"{self.prefix}{next(self.counter):016x}"
-
-
-new_request_id = _Ids().next
+new_request_id = CountedIds(counter_digits=16)  # 32 hex digits
 
 
 def accepted_or_new(raw: bytes | None) -> str:

@@ -41,7 +41,9 @@ def _update(names: tuple[str, ...], guard: str | None) -> DriverStatement:
     columns = {"key": _c.id, **{f"new_{name}": _c[name] for name in names}}
     values: dict[str, Any] = {name: bindparam(f"new_{name}") for name in names}
     if guard == "state":
-        statement = statement.where(_c.state == bindparam("expected"))
+        # Not ``=``: a plan that PostgreSQL keeps (see ``_CLAIM_RETURNING``) could then
+        # find the row through the state's index, among every upload in that state.
+        statement = statement.where(_c.state.is_not_distinct_from(bindparam("expected")))
         columns["expected"] = _c.state
     elif guard == "fenced":
         statement = statement.where(
@@ -145,9 +147,17 @@ _BEFORE = (
     .with_for_update()
     .subquery("before")
 )
+# The id is named on the updated row too, not only through the join: asyncpg prepares a
+# statement once per connection, and the generic plan PostgreSQL may keep for it from then
+# on was made when the table was new and empty, where reading it all looked as cheap as the
+# index; that plan read the whole table for every claim as it grew.
 _CLAIM_RETURNING = DriverStatement(
     update(_uploads)
-    .where(_c.id == _BEFORE.c.claimed_id, _c.writer_generation < bindparam("generation"))
+    .where(
+        _c.id == bindparam("key"),
+        _c.id == _BEFORE.c.claimed_id,
+        _c.writer_generation < bindparam("generation"),
+    )
     .values(writer_generation=bindparam("generation"), writer_active=True)
     .returning(*_uploads.c, _BEFORE.c.was_active),
     {"key": _c.id, "generation": _c.writer_generation},

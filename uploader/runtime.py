@@ -27,6 +27,7 @@ from uploader.uploads.service import UploadService
 from uploader.webhooks.delivery import OutboxDispatcher, WebhookingEventBus
 
 if TYPE_CHECKING:
+    from uploader.kit.resp import LeanRedis
     from uploader.processing.task_messages import TaskSender
     from uploader.storage.s3_direct import DirectS3
 
@@ -45,6 +46,7 @@ class Runtime:
     webhook_loop: asyncio.Task[None] | None = None  # the embedded default's dispatcher
     direct_s3: DirectS3 | None = None  # direct uploads' signing, on S3 in an API process
     task_sender: TaskSender | None = None  # the full stack's Celery messages
+    lean_redis: LeanRedis | None = None  # the hot commands of the three above, on one connection
 
     @classmethod
     async def start(
@@ -55,11 +57,16 @@ class Runtime:
         queued_processor: Processor | None = None
         wake_queued: Callable[[], Awaitable[None]] | None = None
         sender = None
+        lean = None
+        if settings.redis_url:  # the Redis client is imported only where it is used
+            from uploader.kit.resp import lean_client
+
+            lean = lean_client(settings.redis_url)
         if settings.processing == "celery":  # Celery is imported only where it is used
             from uploader.processing.queued import QueuedProcessor, queued_drain
             from uploader.processing.task_messages import TaskSender
 
-            sender = TaskSender(settings)
+            sender = TaskSender(settings, lean)
             queued_processor = QueuedProcessor(sender)
             wake_queued = queued_drain(sender)
         db = Database(settings.resolved_database_url, settings.database_pool_size)
@@ -71,12 +78,13 @@ class Runtime:
             from uploader.events.redis_bus import RedisEventBus
             from uploader.uploads.redis_locks import RedisLocker
 
-            events = RedisEventBus(settings.redis_url, prefix=f"{settings.redis_prefix}:events")
+            events = RedisEventBus(settings.redis_url, prefix=f"{settings.redis_prefix}:events", lean=lean)
             locker = RedisLocker(
                 settings.redis_url,
                 settings.redis_prefix,
                 settings.lock_timeout_seconds,
                 settings.lock_lease_seconds,
+                lean,
             )
         else:
             events, locker = LocalEventBus(), LocalLocker(settings.lock_timeout_seconds)
@@ -126,6 +134,7 @@ class Runtime:
             webhook_loop,
             direct_s3,
             sender,
+            lean,
         )
 
     async def close(self) -> None:
@@ -145,6 +154,8 @@ class Runtime:
         await self.store.close()
         await self.events.close()
         await self.locker.close()
+        if self.lean_redis is not None:
+            await self.lean_redis.close()
         await self.db.dispose()
 
 

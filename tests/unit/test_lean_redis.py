@@ -1,19 +1,27 @@
 """The lean Redis client of the hot path, against a real Redis: replies of every kind,
-in order under pipelining, scripts that Redis forgot, the database and user of the URL,
-a connection killed under it, and a Redis that stops answering."""
+in order under pipelining, what is sent at once in one write, one client for a process's
+hot commands, scripts that Redis forgot, the database and user of the URL, a connection
+killed under it, and a Redis that stops answering."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import cast
 
 import pytest
 import redis.asyncio
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from uploader.db.migrate import upgrade_to_head
+from uploader.events.redis_bus import RedisEventBus
 from uploader.kit.resp import LeanRedis, Script, _Incomplete, _parse
+from uploader.runtime import Runtime
+from uploader.settings import Settings
+from uploader.uploads.redis_locks import RedisLocker
 
 
 def test_every_kind_of_reply_parses_whole_and_waits_for_the_rest() -> None:
@@ -134,3 +142,59 @@ async def test_a_redis_that_stops_answering_is_a_timeout_then_it_recovers(
     finally:
         await plain.delete(key)
         await lean.close()
+
+
+class _CountingTransport:
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.transport.write(data)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+async def test_what_is_sent_at_once_goes_out_in_one_write(redis_url: str, plain: redis.asyncio.Redis) -> None:
+    lean = LeanRedis(redis_url)
+    key = f"test-lean-{secrets.token_hex(4)}"
+    try:
+        await lean.call("SET", key, 0)
+        assert lean._connection is not None
+        counting = _CountingTransport(cast(asyncio.Transport, lean._connection.transport))
+        lean._connection.transport = cast(asyncio.Transport, counting)
+        counts = await asyncio.gather(*(lean.call("INCR", key) for _ in range(100)))
+        assert counts == list(range(1, 101))
+        assert counting.writes == 1
+        await lean.call("INCR", key)  # and one at a time, one each
+        await lean.call("INCR", key)
+        assert counting.writes == 3
+    finally:
+        await plain.delete(key)
+        await lean.close()
+
+
+async def test_a_process_s_locks_events_and_tasks_share_one_connection(
+    redis_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        redis_url=redis_url,
+        redis_prefix=f"test-{secrets.token_hex(4)}",
+        processing="celery",
+        data_dir=tmp_path,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'uploader.db'}",
+    )
+    upgrade_to_head(settings.resolved_database_url)
+    runtime = await Runtime.start(settings)
+    try:
+        assert isinstance(runtime.locker, RedisLocker)
+        assert isinstance(runtime.events, RedisEventBus)
+        assert runtime.task_sender is not None
+        shared = runtime.lean_redis
+        assert shared is not None
+        assert runtime.locker._hot.lean is runtime.events._hot.lean is runtime.task_sender._hot.lean is shared
+    finally:
+        await runtime.close()
+    assert shared._connection is None  # closed with the runtime

@@ -20,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from uploader.events.bus import Event, EventsUnavailable, QueueSubscription
 from uploader.kit.redis import redis_client
-from uploader.kit.resp import HotPath
+from uploader.kit.resp import HotPath, LeanRedis
 
 _PUBLISH = """
 local id = redis.call('INCR', KEYS[1])
@@ -51,6 +51,7 @@ class RedisEventBus:
         per_upload: int = 1000,
         per_owner: int = 10_000,
         upload_ttl_seconds: int = 7 * 24 * 3600,
+        lean: LeanRedis | None = None,
     ) -> None:
         self.url = url
         self.prefix = prefix
@@ -58,7 +59,7 @@ class RedisEventBus:
         self.per_owner = per_owner
         self.upload_ttl_seconds = upload_ttl_seconds
         self.redis: Redis = redis_client(url)
-        self._hot = HotPath(self.redis, url)  # publishing: every upload does, several times
+        self._hot = HotPath(self.redis, url, lean)  # publishing: every upload does, several times
         self._publish = self._hot.script(_PUBLISH)
         # One reader per stream for all of this process's subscribers to it: with many
         # clients following the same events, each event is read and decoded once.

@@ -4,15 +4,17 @@ event's script and the task's ``LPUSH``.
 redis-py spends 50 to 60 microseconds of CPU around each command (its connection pool,
 stream writer, parser and retry wrappers); under many small uploads that was a fifth of
 an API process's time on the full stack. Here one connection carries every command of
-the client, pipelined: a command is written as it comes, and replies are matched to
-callers in order as they arrive (Redis answers in order). What callers see is
+the client, pipelined: the commands sent while the loop runs what is ready go out in one
+write once it has, and replies are matched to callers in order as they arrive (Redis
+answers in order). A process's locks, events and task queue share one client, so that
+with many requests at once a write carries several of their commands. What callers see is
 redis-py's: its exception types (``ConnectionError``, ``TimeoutError``,
 ``ResponseError``), the same bounded waits (3 s to connect, 5 s for a reply) and the
 same retry of a command whose connection died (twice, after 0.1 and 0.2 s). Scripts run
 by their SHA-1, and are sent whole only when Redis does not have them (after a restart).
 
 Only ``redis://`` URLs (host, port, database, password); anything else is served by
-redis-py (``redis_hot_path``).
+redis-py (``lean_client``).
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class _Connection(asyncio.Protocol):
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.buffer = bytearray()
         self.lost = False
+        self.outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # (uvloop's is no subclass)
@@ -135,10 +138,22 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         if self.lost:
             raise RedisConnectionError("Connection closed")
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
         self.waiting.append(waiter)
-        self.transport.write(command)
+        # Written once the loop has run what is ready now: the commands that callers send
+        # meanwhile (other requests, the other components) go in the same write, and
+        # Redis reads them at once and answers them in one write.
+        if not self.outgoing:
+            loop.call_soon(self._flush)
+        self.outgoing.append(command)
         return waiter
+
+    def _flush(self) -> None:
+        if not self.lost:  # (else connection_lost failed their callers)
+            assert self.transport is not None
+            self.transport.write(b"".join(self.outgoing))
+        self.outgoing.clear()
 
     def close(self) -> None:
         self.lost = True
@@ -241,16 +256,25 @@ class LeanRedis:
 ScriptCall = Callable[..., Awaitable[Any]]
 
 
+def lean_client(url: str) -> LeanRedis | None:
+    """A lean client for ``url``, if it is one (``redis://``) and this process is not
+    traced (redis-py's instrumentation makes the spans); else None."""
+    from uploader.observability import tracing
+
+    return LeanRedis(url) if urlsplit(url).scheme == "redis" and tracing.tracer is None else None
+
+
 class HotPath:
     """The hot commands of one component (the locks, the events, the task queue): on a
-    ``LeanRedis`` when it can serve the URL and this process is not traced (redis-py's
-    instrumentation makes the spans), else on the component's redis-py client."""
+    ``LeanRedis`` when one can serve the URL (``lean_client``), else on the component's
+    redis-py client. ``shared``: the process's one lean client, which its owner closes;
+    the components of a process share it, so that what they send at once goes out in
+    one write."""
 
-    def __init__(self, redis: Redis, url: str) -> None:
-        from uploader.observability import tracing
-
+    def __init__(self, redis: Redis, url: str, shared: LeanRedis | None = None) -> None:
         self.redis = redis
-        self.lean = LeanRedis(url) if urlsplit(url).scheme == "redis" and tracing.tracer is None else None
+        self.owns_lean = shared is None
+        self.lean = shared if shared is not None else lean_client(url)
 
     def script(self, source: str) -> ScriptCall:
         """An awaitable ``call(keys=[...], args=[...])`` running ``source``."""
@@ -269,5 +293,5 @@ class HotPath:
         return await self.lean.call(*args)
 
     async def close(self) -> None:
-        if self.lean is not None:
+        if self.lean is not None and self.owns_lean:
             await self.lean.close()

@@ -22,7 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from uploader.kit.redis import redis_client
-from uploader.kit.resp import HotPath
+from uploader.kit.resp import HotPath, LeanRedis
 from uploader.observability import tracing
 from uploader.settings import Settings
 
@@ -31,10 +31,10 @@ _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 class TaskSender:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, lean: LeanRedis | None = None) -> None:
         assert settings.redis_url is not None
         self.redis: Redis = redis_client(settings.redis_url)
-        self._hot = HotPath(self.redis, settings.redis_url)
+        self._hot = HotPath(self.redis, settings.redis_url, lean)
         self.queue = settings.task_queue
         # kombu's key of the queue's list: the transport's global prefix, then the queue
         # (a message of priority 0, the default, goes to the list without a suffix).

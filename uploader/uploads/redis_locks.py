@@ -30,7 +30,7 @@ from uploader.kit.errors import DependencyUnavailable
 from uploader.kit.ids import CountedIds
 from uploader.kit.logging import get_logger
 from uploader.kit.redis import redis_client
-from uploader.kit.resp import HotPath
+from uploader.kit.resp import HotPath, LeanRedis
 from uploader.observability import metrics
 from uploader.uploads.locks import LocalLocker, LockHolder, UploadLocked
 
@@ -66,9 +66,11 @@ _SAFE_SHARE = 0.8
 class RedisLocker:
     distributed = True
 
-    def __init__(self, url: str, prefix: str, timeout: float, lease_seconds: float = 5.0) -> None:
+    def __init__(
+        self, url: str, prefix: str, timeout: float, lease_seconds: float = 5.0, lean: LeanRedis | None = None
+    ) -> None:
         self.redis: Redis = redis_client(url)
-        self._hot = HotPath(self.redis, url)  # taking and releasing: every write does
+        self._hot = HotPath(self.redis, url, lean)  # taking and releasing: every write does
         self.prefix = prefix
         self.timeout = timeout
         self.lease_seconds = lease_seconds
@@ -149,7 +151,16 @@ class RedisLocker:
             holder.generation = int(generation)
             holder.valid_until = sent + self.lease_seconds * _SAFE_SHARE
             self._leased[upload_id] = holder
-            renewer = asyncio.create_task(self._keep(upload_id, key, token, holder))
+            # Most writes end before the first renewal is due: the task that renews is
+            # started only then, and a write that ended sooner only cancels a timer.
+            renewer: asyncio.Task[None] | None = None
+
+            def start_renewing() -> None:
+                nonlocal renewer
+                if self._leased.get(upload_id) is holder:
+                    renewer = asyncio.create_task(self._keep(upload_id, key, token, holder))
+
+            first_renewal = loop.call_later(self.lease_seconds / 5, start_renewing)
             try:
                 yield holder
             finally:
@@ -158,17 +169,19 @@ class RedisLocker:
                 # comes as a command completes, and a renewer left running held the upload
                 # for good.
                 self._leased.pop(upload_id, None)
-                renewer.cancel()
+                first_renewal.cancel()
                 try:
-                    await asyncio.wait({renewer}, timeout=self.lease_seconds)
+                    if renewer is not None:
+                        renewer.cancel()
+                        await asyncio.wait({renewer}, timeout=self.lease_seconds)
                 finally:
                     with contextlib.suppress(RedisError):  # otherwise the lease simply runs out
                         await self._release(keys=[key], args=[token])
 
     async def _keep(self, upload_id: str, key: str, token: str, holder: LockHolder) -> None:
-        """Extends the lease while the request holds it; a crashed process's lease runs out."""
+        """Extends the lease while the request holds it, now and every fifth of the lease;
+        a crashed process's lease runs out."""
         while True:
-            await asyncio.sleep(self.lease_seconds / 5)
             if self._leased.get(upload_id) is not holder:
                 return  # released
             sent = time.monotonic()
@@ -180,12 +193,13 @@ class RedisLocker:
                     log.warning("lock.lost", key=key, reason="lease ran out")
                     holder.lose()
                     return
-                continue
-            if not renewed:
-                log.warning("lock.lost", key=key, reason="lease taken")
-                holder.lose()
-                return
-            holder.valid_until = sent + self.lease_seconds * _SAFE_SHARE
+            else:
+                if not renewed:
+                    log.warning("lock.lost", key=key, reason="lease taken")
+                    holder.lose()
+                    return
+                holder.valid_until = sent + self.lease_seconds * _SAFE_SHARE
+            await asyncio.sleep(self.lease_seconds / 5)
 
     async def request_release(self, upload_id: str, wait_seconds: float) -> None:
         if self.local.holder(upload_id) is not None:

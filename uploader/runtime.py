@@ -46,7 +46,7 @@ class Runtime:
     webhook_loop: asyncio.Task[None] | None = None  # the embedded default's dispatcher
     direct_s3: DirectS3 | None = None  # direct uploads' signing, on S3 in an API process
     task_sender: TaskSender | None = None  # the full stack's Celery messages
-    lean_redis: LeanRedis | None = None  # the hot commands of the three above, on one connection
+    lean_redis: LeanRedis | None = None  # the hot commands of the locks, events and tasks, on one connection
 
     @classmethod
     async def start(

@@ -58,3 +58,18 @@ async def test_a_hold_ends_even_when_a_renewal_swallows_its_cancellation(redis_u
             pass  # free at once for the next writer
     finally:
         await locker.close()
+
+
+async def test_a_hold_longer_than_its_lease_keeps_it_through_every_renewal(redis_url: str) -> None:
+    lease = 1.0  # the first renewal is due after 0.2 s, then every 0.2 s
+    locker = RedisLocker(redis_url, f"test-{secrets.token_hex(4)}", timeout=2, lease_seconds=lease)
+    await locker.start()
+    try:
+        async with locker.hold("upload-1") as holder:
+            for _ in range(6):  # three leases long
+                await asyncio.sleep(lease / 2)
+                holder.check()  # neither lost nor past its validity
+                assert await locker.redis.pttl(locker._key("upload-1")) > lease * 1000 / 2
+        assert not await locker.redis.exists(locker._key("upload-1"))
+    finally:
+        await locker.close()

@@ -216,7 +216,7 @@ class DriverConnection:
 
     def execute(self, statement: DriverStatement, params: Mapping[str, Any]) -> tuple[int, int | None]:
         compiled, values = self._prepared(statement, params)
-        if compiled.result_names:  # an insert, with its id returned
+        if compiled.result_names:  # it returns rows (an insert: its id)
             rows = await_(self.driver.fetch(compiled.sql, *values))
             inserted = rows[0][0] if rows and statement.statement.is_insert else None
             return len(rows), inserted

@@ -195,6 +195,11 @@ async def test_a_process_s_locks_events_and_tasks_share_one_connection(
         shared = runtime.lean_redis
         assert shared is not None
         assert runtime.locker._hot.lean is runtime.events._hot.lean is runtime.task_sender._hot.lean is shared
+        async with runtime.locker.hold("upload-1"):  # takes and releases through it
+            pass
+        connection = shared._connection
+        assert connection is not None
+        assert not connection.lost
     finally:
         await runtime.close()
-    assert shared._connection is None  # closed with the runtime
+    assert connection.lost  # closed with the runtime, once

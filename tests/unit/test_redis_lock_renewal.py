@@ -73,3 +73,26 @@ async def test_a_hold_longer_than_its_lease_keeps_it_through_every_renewal(redis
         assert not await locker.redis.exists(locker._key("upload-1"))
     finally:
         await locker.close()
+
+
+async def test_closing_a_locker_ends_its_listener_even_mid_subscribe(redis_url: str) -> None:
+    """The release listener subscribes as the locker starts. A close that comes while the
+    subscription's reply is being read lost its cancellation in the Redis client (about one
+    close in eight, closed within a few milliseconds of the start) and waited for good: a
+    process that was told to stop never did."""
+    stuck = 0
+    for attempt in range(60):
+        locker = RedisLocker(redis_url, f"test-{secrets.token_hex(4)}", timeout=2)
+        await locker.start()
+        await asyncio.sleep((attempt % 20) * 0.0003)  # from before the subscription to after it
+        closing = asyncio.ensure_future(locker.close())
+        done, _ = await asyncio.wait({closing}, timeout=2)
+        if not done:
+            stuck += 1
+            listener = locker._listener
+            assert listener is not None
+            while not listener.done():  # end it anyway, so that the session can end
+                listener.cancel()
+                await asyncio.sleep(0.05)
+            await closing
+    assert stuck == 0, f"{stuck} of 60 closes waited for a listener that never ended"

@@ -8,7 +8,6 @@ API process a client reconnects to.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from typing import Any
@@ -21,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from uploader.events.bus import Event, EventsUnavailable, QueueSubscription
 from uploader.kit.redis import redis_client
 from uploader.kit.resp import HotPath, LeanRedis
+from uploader.kit.tasks import cancel_until_done
 
 _PUBLISH = """
 local id = redis.call('INCR', KEYS[1])
@@ -144,9 +144,7 @@ class _StreamHub:
         if self.bus._hubs.get(self.stream) is self:
             del self.bus._hubs[self.stream]
         self.stopped = True
-        self.reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, RedisError):
-            await self.reader
+        await cancel_until_done(self.reader)
         await self.redis.aclose()
 
     async def _read(self) -> None:

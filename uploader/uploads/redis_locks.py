@@ -31,6 +31,7 @@ from uploader.kit.ids import CountedIds
 from uploader.kit.logging import get_logger
 from uploader.kit.redis import redis_client
 from uploader.kit.resp import HotPath, LeanRedis
+from uploader.kit.tasks import cancel_until_done
 from uploader.observability import metrics
 from uploader.uploads.locks import LocalLocker, LockHolder, UploadLocked
 
@@ -110,9 +111,7 @@ class RedisLocker:
 
     async def close(self) -> None:
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            await cancel_until_done(self._listener)
         await self._hot.close()
         await self.redis.aclose()
 

@@ -6,7 +6,9 @@ each round) so that the noise of this shared machine hits all of them alike:
 
 * ``tusbench.py`` (curl, one PATCH per chunk) with 64 MiB chunks, 8 MiB chunks and one PATCH
   for the whole file, reading the server's peak RSS (VmHWM) afterwards;
-* ``tusload.py``: many small uploads at once;
+* ``tusload.py``: many small uploads at once, with the CPU the server used for them (its
+  process tree and its dispatcher process, until it has been idle for 1.5 s: what it does
+  after the last answer counts), which moves far less from run to run than uploads/s;
 * RSS flatness of our server: a fresh process per file size (128 MiB, then 1 GiB, 64 MiB
   chunks), reporting the peak RSS of each.
 
@@ -240,13 +242,18 @@ class Server:
     prune: bool = False  # uploads_dir is safe to empty while it runs (peers; ours gets DELETEs)
     list_url: str | None = None  # status API listing the uploads (ours)
     headers: dict[str, str] = field(default_factory=dict)  # what every request sends (a token)
+    helpers: tuple[int, ...] = ()  # processes of its own outside its tree (a webhook dispatcher)
+
+    def pids(self) -> list[int]:
+        """Its processes now: its tree and its helpers."""
+        return [*proc_tree(self.pid), *(p for p in self.helpers if pid_alive(p))]
 
     def settle(self, timeout: float = 60.0, window: float = 0.5, busy_cpu: float = 0.05) -> bool:
         """Wait until the server tree is idle (post-upload work such as checksums or
         processing would otherwise run into the next measurement); False if it never was."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            pids = proc_tree(self.pid)
+            pids = self.pids()
             before = cpu_seconds(pids)
             time.sleep(window)
             if cpu_seconds(pids) - before < busy_cpu:
@@ -339,6 +346,7 @@ class OurServer:
             uploads_dir=self.data_dir / "files",  # the default local storage, if it is used
             list_url=base + self.args.list_path if self.args.list_path else None,
             headers=headers,
+            helpers=(self.dispatcher.pid,) if self.dispatcher is not None else (),
         )
 
     def _behind_haproxy(self, argv: list[str], count: int) -> list[str]:
@@ -697,8 +705,19 @@ def bench_load(
     ]
     for name, value in server.headers.items():
         argv += ["--header", f"{name}: {value}"]
+    started = {p: cpu_seconds([p]) for p in server.pids()}
     kv = parse_kv(run_client(argv, args.client_timeout))
-    return {k: float(v) for k, v in kv.items()} | {"peak_rss_mib": sum(tree_hwm(server.pid).values())}
+    # The server's CPU for these uploads, with what it did after the last answer
+    # (processing, deliveries): steadier from run to run than uploads/s on a shared machine.
+    # Quiet for longer than a poll interval (1 s): a dispatcher process that polls has
+    # delivered by then.
+    server.settle(window=1.5, busy_cpu=0.02)
+    used = sum(cpu_seconds([p]) - started.get(p, 0.0) for p in server.pids())
+    cpu_ms = used / int(kv["uploads"]) * 1000 if float(kv.get("uploads", 0)) else float("nan")
+    return {k: float(v) for k, v in kv.items()} | {
+        "peak_rss_mib": sum(tree_hwm(server.pid).values()),
+        "cpu_ms_per_upload": cpu_ms,
+    }
 
 
 def after_run(server: Server, res: Results, what: str, locations: Sequence[str] = ()) -> None:
@@ -797,7 +816,7 @@ def measure_alternating(
             res.load.setdefault(s.key, []).append(r)
             log(
                 f"{s.label:{width}} load {r['uploads_s']:.1f} uploads/s p50 {r['p50_ms']:.1f} ms "
-                f"p99 {r['p99_ms']:.1f} ms"
+                f"p99 {r['p99_ms']:.1f} ms, server CPU {r['cpu_ms_per_upload']:.2f} ms an upload"
             )
             after_run(s, res, "load")
         turn += 1
@@ -929,7 +948,7 @@ def load_table(res: Results, args: argparse.Namespace, out: dict[str, Any]) -> l
     """The many-small-uploads figures alone (``--sizes-mib ''``), with every row's ratio to
     our first configuration and to @tus/server."""
     med = {
-        k: {m: median([x[m] for x in v]) for m in ("uploads_s", "p50_ms", "p99_ms")}
+        k: {m: median([x[m] for x in v]) for m in ("uploads_s", "p50_ms", "p99_ms", "cpu_ms_per_upload")}
         for k, v in res.load.items()
     }
     first = args.variants[0].key if args.variants else None
@@ -937,8 +956,8 @@ def load_table(res: Results, args: argparse.Namespace, out: dict[str, Any]) -> l
         f"### Load: {args.load_uploads} x {args.load_size_kib} KiB, {args.load_concurrency} at once, "
         f"median of {args.repeats}",
         "",
-        "| server | uploads/s | p50 ms | p99 ms | vs first of ours | vs @tus-file |",
-        "|---|---|---|---|---|---|",
+        "| server | uploads/s | p50 ms | p99 ms | vs first of ours | vs @tus-file | server CPU ms/upload |",
+        "|---|---|---|---|---|---|---|",
     ]
     out["load"] = {}
     for key, row in med.items():
@@ -950,6 +969,7 @@ def load_table(res: Results, args: argparse.Namespace, out: dict[str, Any]) -> l
         out["load"][key] = {**row, "vs_first": ratio(first), "vs_node_file": ratio(NODE_FILE)}
         cells = [fmt(row["uploads_s"]), fmt(row["p50_ms"]), fmt(row["p99_ms"])]
         cells += [fmt(ratio(first), ratio=True), fmt(ratio(NODE_FILE), ratio=True)]
+        cells.append(f"{row['cpu_ms_per_upload']:.2f}" if row["cpu_ms_per_upload"] is not None else "—")
         lines.append(f"| {res.labels[key]} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 

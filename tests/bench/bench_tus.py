@@ -713,7 +713,8 @@ def bench_load(
     # delivered by then.
     server.settle(window=1.5, busy_cpu=0.02)
     used = sum(cpu_seconds([p]) - started.get(p, 0.0) for p in server.pids())
-    cpu_ms = used / int(kv["uploads"]) * 1000 if float(kv.get("uploads", 0)) else float("nan")
+    uploads = float(kv.get("uploads", 0))
+    cpu_ms = used / uploads * 1000 if uploads else float("nan")
     return {k: float(v) for k, v in kv.items()} | {
         "peak_rss_mib": sum(tree_hwm(server.pid).values()),
         "cpu_ms_per_upload": cpu_ms,

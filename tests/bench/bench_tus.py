@@ -9,6 +9,10 @@ each round) so that the noise of this shared machine hits all of them alike:
 * ``tusload.py``: many small uploads at once, with the CPU the server used for them (its
   process tree and its dispatcher process, until it has been idle for 1.5 s: what it does
   after the last answer counts), which moves far less from run to run than uploads/s;
+  besides each row's ratio of medians to the first of ours, the median of the ratios taken
+  within each round ("same round"), with their range: rounds of 300 uploads last under a
+  second, and the machine's speed drifts between them (``--load-uploads 3000`` makes
+  rounds of several seconds);
 * RSS flatness of our server: a fresh process per file size (128 MiB, then 1 GiB, 64 MiB
   chunks), reporting the peak RSS of each.
 
@@ -713,8 +717,8 @@ def bench_load(
     # delivered by then.
     server.settle(window=1.5, busy_cpu=0.02)
     used = sum(cpu_seconds([p]) - started.get(p, 0.0) for p in server.pids())
-    uploads = float(kv.get("uploads", 0))
-    cpu_ms = used / uploads * 1000 if uploads else float("nan")
+    done = float(kv.get("uploads", 0))
+    cpu_ms = used / done * 1000 if done else float("nan")
     return {k: float(v) for k, v in kv.items()} | {
         "peak_rss_mib": sum(tree_hwm(server.pid).values()),
         "cpu_ms_per_upload": cpu_ms,
@@ -957,8 +961,9 @@ def load_table(res: Results, args: argparse.Namespace, out: dict[str, Any]) -> l
         f"### Load: {args.load_uploads} x {args.load_size_kib} KiB, {args.load_concurrency} at once, "
         f"median of {args.repeats}",
         "",
-        "| server | uploads/s | p50 ms | p99 ms | vs first of ours | vs @tus-file | server CPU ms/upload |",
-        "|---|---|---|---|---|---|---|",
+        "| server | uploads/s | p50 ms | p99 ms | vs first of ours | same round, vs first (range) "
+        "| vs @tus-file | server CPU ms/upload | CPU, same round, vs first |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     out["load"] = {}
     for key, row in med.items():
@@ -967,12 +972,38 @@ def load_table(res: Results, args: argparse.Namespace, out: dict[str, Any]) -> l
             a, b = row["uploads_s"], med.get(base or "", {}).get("uploads_s")
             return round(a / b, 3) if a is not None and b else None
 
-        out["load"][key] = {**row, "vs_first": ratio(first), "vs_node_file": ratio(NODE_FILE)}
-        cells = [fmt(row["uploads_s"]), fmt(row["p50_ms"]), fmt(row["p99_ms"])]
-        cells += [fmt(ratio(first), ratio=True), fmt(ratio(NODE_FILE), ratio=True)]
+        by_round = round_ratios(res.load, key, first, "uploads_s")
+        cpu_by_round = round_ratios(res.load, key, first, "cpu_ms_per_upload")
+        out["load"][key] = {
+            **row,
+            "vs_first": ratio(first),
+            "vs_first_by_round": [round(r, 3) for r in by_round],
+            "cpu_vs_first_by_round": [round(r, 3) for r in cpu_by_round],
+            "vs_node_file": ratio(NODE_FILE),
+        }
+        cells = [fmt(row["uploads_s"]), fmt(row["p50_ms"]), fmt(row["p99_ms"]), fmt(ratio(first), ratio=True)]
+        cells.append(
+            f"{median(by_round):.2f}x ({min(by_round):.2f} to {max(by_round):.2f})" if by_round else "—"
+        )
+        cells.append(fmt(ratio(NODE_FILE), ratio=True))
         cells.append(f"{row['cpu_ms_per_upload']:.2f}" if row["cpu_ms_per_upload"] is not None else "—")
+        cells.append(f"{median(cpu_by_round):.2f}x" if cpu_by_round else "—")
         lines.append(f"| {res.labels[key]} | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def round_ratios(
+    load: dict[str, list[dict[str, Any]]], key: str, base: str | None, metric: str
+) -> list[float]:
+    """``key``'s ``metric`` over ``base``'s in each round that measured both. The machine's
+    speed drifts over tens of seconds, and the two rows of one round share it: a ratio
+    taken within each round leaves the drift out, and the spread of those ratios says how
+    far the run's figure can be trusted."""
+    if base is None or key == base:
+        return []
+    base_by_round = {x["repeat"]: x[metric] for x in load.get(base, [])}
+    rows = load.get(key, [])
+    return [x[metric] / base_by_round[x["repeat"]] for x in rows if base_by_round.get(x["repeat"])]
 
 
 # ---------------------------------------------------------------- main

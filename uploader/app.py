@@ -20,6 +20,7 @@ from uploader.health.router import router as health_router
 from uploader.kit.errors import install_error_handlers
 from uploader.kit.logging import get_logger
 from uploader.kit.method_override import MethodOverrideMiddleware
+from uploader.kit.tasks import cancel_until_done
 from uploader.observability import tracing
 from uploader.observability.middleware import RequestTelemetry
 from uploader.observability.request_ids import REQUEST_ID_HEADER
@@ -147,9 +148,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             service.locker.interrupt_all()
             for task in (cleanup, settling):
                 if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                    # Again until it ends: a cancellation the Redis client drops (a lock
+                    # taken by the sweep) sent the loop back to its sleep, and the
+                    # shutdown with it.
+                    await cancel_until_done(task)
             await runtime.close()
             tracing.flush()
 

@@ -197,3 +197,35 @@ async def test_a_post_waiting_for_a_busy_connection_counts_the_wait_in_its_time(
         client.close()
         for writer in held:
             writer.close()
+
+
+async def test_each_post_ends_at_its_own_deadline_whatever_the_others_wait_for() -> None:
+    """One timer watches every exchange in flight: a post with a nearer deadline that
+    starts after one with a later deadline still ends on time, and so does the other."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        held.append(writer)  # never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+
+    async def ended_after(within: float) -> float:
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await client.post(b"{}", HEADERS, within=within)
+        return loop.time() - started
+
+    async with server:
+        client = WebhookClient(f"http://127.0.0.1:{port}/hooks", connections=4)
+        late = asyncio.create_task(ended_after(1.2))
+        await asyncio.sleep(0.1)
+        soon = asyncio.create_task(ended_after(0.3))
+        async with asyncio.timeout(5):
+            assert 0.25 < await soon < 0.9
+            assert 1.15 < await late < 2.0
+        client.close()
+        for writer in held:
+            writer.close()

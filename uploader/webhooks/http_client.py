@@ -13,8 +13,12 @@ answer like any other), no proxies and no cookies.
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
-from typing import cast
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 MAX_HEAD = 64 * 1024  # bytes of status line and headers we accept
@@ -144,35 +148,34 @@ class _Connection(asyncio.Protocol):
                 return
             del self.buffer[: line_end + 2 + size + 2]
 
-    async def exchange(self, request: bytes, deadline: float | None) -> tuple[int, bool]:
-        """Send ``request`` and read its answer's status (and whether the connection
-        stays); past ``deadline`` (the loop's clock), ``TimeoutError``."""
+    def send(self, request: bytes) -> asyncio.Future[tuple[int, bool]]:
+        """Send ``request``; the future of its answer's status (and whether the connection
+        stays)."""
         assert self.transport is not None
         if self.lost:
             raise ReceiverError("the connection had closed")
         self.answer = _Answer()
         self.received_any = False
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[tuple[int, bool]] = loop.create_future()
+        waiter: asyncio.Future[tuple[int, bool]] = asyncio.get_running_loop().create_future()
         self.waiter = waiter
         self.transport.write(request)
-        # A timer on the loop rather than ``asyncio.timeout``: no task cancellation to set
-        # up and undo around every delivery.
-        timer = None if deadline is None else loop.call_at(deadline, self._expire, waiter)
-        try:
-            return await waiter
-        finally:
-            if timer is not None:
-                timer.cancel()
+        return waiter
 
-    def _expire(self, waiter: asyncio.Future[tuple[int, bool]]) -> None:
+    def expire(self, waiter: asyncio.Future[tuple[int, bool]]) -> None:
+        """No answer in time: ``TimeoutError``, and the connection goes (an answer may
+        still come: the connection is of no more use)."""
         if not waiter.done():
             waiter.set_exception(TimeoutError())
-            self.close()  # an answer may still come: the connection is of no more use
+            self.close()
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def _time_out(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class WebhookClient:
@@ -187,7 +190,15 @@ class WebhookClient:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._prefix = f"POST {target} HTTP/1.1\r\nHost: {authority}\r\n".encode("latin-1")
         self._idle: list[_Connection] = []
-        self._slots = asyncio.Semaphore(connections)
+        self._free = connections  # connections that may still be opened or lent
+        self._queue: deque[asyncio.Future[None]] = deque()  # posts waiting for one
+        # Waits for an answer or a connection, by their future, with their deadline and
+        # what ends them then: one timer watches them all, set for the earliest. (A timer
+        # per exchange, set and cancelled, cost a tenth of a delivery's CPU on asyncio's
+        # own loop, in its heap of cancelled timers; less on uvloop.)
+        self._watched: dict[asyncio.Future[Any], tuple[float, Callable[[], None]]] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_at = math.inf
 
     async def post(self, body: bytes, headers: bytes, within: float | None = None) -> int:
         """POST ``body`` with ``headers`` (``Name: value\\r\\n`` lines, rendered by the
@@ -195,13 +206,8 @@ class WebhookClient:
         no answer came ``within`` that many seconds (a free connection, the connecting and
         the exchange all count)."""
         request = b"%s%sContent-Length: %d\r\n\r\n%s" % (self._prefix, headers, len(body), body)
-        loop = asyncio.get_running_loop()
-        deadline = None if within is None else loop.time() + within
-        if self._slots.locked():
-            async with asyncio.timeout_at(deadline):  # the rare wait: every connection busy
-                await self._slots.acquire()
-        else:
-            await self._slots.acquire()  # free: no wait to bound
+        deadline = None if within is None else asyncio.get_running_loop().time() + within
+        await self._take_slot(deadline)
         try:
             while True:
                 reused = bool(self._idle)
@@ -211,7 +217,13 @@ class WebhookClient:
                     async with asyncio.timeout_at(deadline):  # None: no bound
                         connection = await self._connect()
                 try:
-                    status, keep = await connection.exchange(request, deadline)
+                    waiter = connection.send(request)
+                    if deadline is not None:
+                        self._watch(waiter, deadline, partial(connection.expire, waiter))
+                    try:
+                        status, keep = await waiter
+                    finally:
+                        self._watched.pop(waiter, None)
                 except ReceiverError as exc:
                     connection.close()
                     if reused and not exc.answered:
@@ -226,7 +238,60 @@ class WebhookClient:
                     connection.close()
                 return status
         finally:
-            self._slots.release()
+            self._give_slot()
+
+    async def _take_slot(self, deadline: float | None) -> None:
+        """A connection of the ``connections`` allowed; waiting for one counts in the
+        post's time."""
+        if self._free > 0 and not self._queue:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(waiter)
+        if deadline is not None:
+            self._watch(waiter, deadline, partial(_time_out, waiter))
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._give_slot()  # handed one just as the wait ended: pass it on
+            raise
+        finally:
+            self._watched.pop(waiter, None)
+
+    def _give_slot(self) -> None:
+        while self._queue:
+            waiter = self._queue.popleft()
+            if not waiter.done():  # (one whose wait ended is skipped)
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+    def _watch(self, key: asyncio.Future[Any], deadline: float, expire: Callable[[], None]) -> None:
+        """Call ``expire`` at ``deadline`` unless ``key`` is unwatched by then."""
+        self._watched[key] = (deadline, expire)
+        if deadline < self._watchdog_at:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._arm(deadline)
+
+    def _arm(self, at: float) -> None:
+        self._watchdog_at = at
+        self._watchdog = asyncio.get_running_loop().call_at(at, self._expire_overdue)
+
+    def _expire_overdue(self) -> None:
+        """Expire what is due by now (the time this timer was set for), and watch for
+        the next."""
+        due, self._watchdog, self._watchdog_at = self._watchdog_at, None, math.inf
+        earliest = math.inf
+        for key, (deadline, expire) in list(self._watched.items()):
+            if deadline <= due:
+                del self._watched[key]
+                expire()
+            else:
+                earliest = min(earliest, deadline)
+        if earliest < math.inf:
+            self._arm(earliest)
 
     def close(self) -> None:
         while self._idle:

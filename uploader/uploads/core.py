@@ -57,6 +57,10 @@ class Checksum:
     hasher: Any
 
 
+# The states whose reaching is a webhook event (``_report``).
+_REPORTED_STATES = frozenset({UploadState.RECEIVED, UploadState.READY, UploadState.FAILED})
+
+
 def event_data(upload: Upload) -> dict[str, Any]:
     """What every event says about its upload (the status endpoint has the rest)."""
     return {
@@ -299,8 +303,8 @@ class ServiceCore:
         """The webhook events of a completion (``upload.received``, and ``upload.ready``
         when it is ready at once) or a failure, into the outbox, in the transaction that
         records it. Nothing without webhooks."""
-        if not self.settings.webhook_url:
-            return
+        if not self.settings.webhook_url or upload.state not in _REPORTED_STATES:
+            return  # (a creation, a PATCH that did not complete: nothing to report)
         data = event_data(upload)
         events = []
         if upload.state in (UploadState.RECEIVED, UploadState.READY):

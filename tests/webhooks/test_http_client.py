@@ -170,7 +170,9 @@ async def test_a_receiver_that_does_not_answer_in_time_fails_the_delivery_and_it
             writer.close()
 
 
-async def test_a_post_waiting_for_a_busy_connection_counts_the_wait_in_its_time() -> None:
+@asynccontextmanager
+async def silent_receiver() -> AsyncIterator[int]:
+    """A receiver that reads each request's head and never answers; its port."""
     held: list[asyncio.StreamWriter] = []
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -178,8 +180,14 @@ async def test_a_post_waiting_for_a_busy_connection_counts_the_wait_in_its_time(
         held.append(writer)  # never answers
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     async with server:
+        yield server.sockets[0].getsockname()[1]
+        for writer in held:
+            writer.close()
+
+
+async def test_a_post_waiting_for_a_busy_connection_counts_the_wait_in_its_time() -> None:
+    async with silent_receiver() as port:
         client = WebhookClient(f"http://127.0.0.1:{port}/hooks", connections=1)
         first = asyncio.create_task(client.post(b"{}", HEADERS, within=5))
         await asyncio.sleep(0.1)  # holds the only connection
@@ -195,21 +203,11 @@ async def test_a_post_waiting_for_a_busy_connection_counts_the_wait_in_its_time(
         with pytest.raises(TimeoutError):
             await client.post(b"{}", HEADERS, within=0.3)
         client.close()
-        for writer in held:
-            writer.close()
 
 
 async def test_each_post_ends_at_its_own_deadline_whatever_the_others_wait_for() -> None:
     """One timer watches every exchange in flight: a post with a nearer deadline that
     starts after one with a later deadline still ends on time, and so does the other."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        held.append(writer)  # never answers
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     loop = asyncio.get_running_loop()
 
     async def ended_after(within: float) -> float:
@@ -218,7 +216,7 @@ async def test_each_post_ends_at_its_own_deadline_whatever_the_others_wait_for()
             await client.post(b"{}", HEADERS, within=within)
         return loop.time() - started
 
-    async with server:
+    async with silent_receiver() as port:
         client = WebhookClient(f"http://127.0.0.1:{port}/hooks", connections=4)
         late = asyncio.create_task(ended_after(1.2))
         await asyncio.sleep(0.1)
@@ -227,5 +225,3 @@ async def test_each_post_ends_at_its_own_deadline_whatever_the_others_wait_for()
             assert 0.25 < await soon < 0.9
             assert 1.15 < await late < 2.0
         client.close()
-        for writer in held:
-            writer.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -31,6 +32,19 @@ S3_TEST_ENV = {
 }
 PATCH_HEADERS = {**TUS, "Content-Type": "application/offset+octet-stream"}
 REPO = Path(__file__).resolve().parent.parent
+
+
+def readme_function(opening: str, name: str) -> Any:
+    """The function ``name`` of the README's Python snippet that begins with the line
+    ``opening``, run as the README has it (so a test holds the README to the server)."""
+    readme = (REPO / "README.md").read_text()
+    block = re.search(rf"```python\n({re.escape(opening)}\n.*?def {name}\(.*?)```", readme, re.S)
+    assert block is not None, f"the README's {name} snippet is gone"
+    namespace: dict[str, object] = {}
+    exec(block.group(1), namespace)
+    function = namespace[name]
+    assert callable(function)
+    return function
 
 
 def metadata(**values: str) -> str:

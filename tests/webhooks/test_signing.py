@@ -7,28 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import time
-from collections.abc import Callable
-from typing import cast
 
-from tests.support import REPO
+from tests.support import readme_function
 from uploader.webhooks.signing import signature, verify
 
 
-def readme_verify() -> Callable[[str, dict[str, str], bytes], bool]:
-    readme = (REPO / "README.md").read_text()
-    block = re.search(r"```python\n(import hashlib, hmac, time\n\n\ndef verify\(.*?)```", readme, re.S)
-    assert block is not None, "the README's verify snippet is gone"
-    namespace: dict[str, object] = {}
-    exec(block.group(1), namespace)
-    check = namespace["verify"]
-    assert callable(check)
-    return cast(Callable[[str, dict[str, str], bytes], bool], check)
-
-
 def test_each_signature_is_of_its_own_timestamp_and_body_alone() -> None:
-    receiver_verify = readme_verify()
+    receiver_verify = readme_function("import hashlib, hmac, time", "verify")
     now = int(time.time())
     deliveries = [(secret, now + n, b'{"n":%d}' % n) for n in range(5) for secret in ("one", "two" * 40)]
     for secret, timestamp, body in deliveries + deliveries:  # a second time: nothing carried over

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_tus import cpu_seconds, log, parse_variant, port_open, wait_until
+from bench_tus import Variant, cpu_seconds, log, parse_variant, port_open, start_webhook_sink, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("--size-kib", type=int, default=256)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--port", type=int, default=18390)
-    ap.add_argument("--variant", dest="variants", type=parse_variant, action="append", default=[])
+    ap.add_argument("--variant", dest="extra_variants", type=parse_variant, action="append", default=[])
     ap.add_argument(
         "--peers-bench-dir",
         type=Path,
@@ -129,31 +129,32 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
-    configurations = [("uploader (ours)", ()), *args.variants]
+    args.variants = [
+        Variant("ours", "uploader (ours)"),
+        *(Variant(f"ours-{n}", label, env) for n, (label, env) in enumerate(args.extra_variants, 1)),
+    ]
     work = Path(tempfile.mkdtemp(prefix="bench-instructions-"))
-    sink_port = args.port + 1
-    sink_url = f"http://{HOST}:{sink_port}/hooks"
-    with (work / "webhook-sink.log").open("wb") as out:
-        sink = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("webhook_sink.py")), "--port", str(sink_port)],
-            stdout=out,
-            stderr=out,
-        )
+    sink = start_webhook_sink(args, work)  # only when a variant names {webhook_sink}
     results: dict[str, float] = {}
     try:
-        wait_until(lambda: port_open(sink_port), 10, "webhook sink", alive=lambda: sink.poll() is None)
-        for index, (label, env) in enumerate(configurations):
+        for index, variant in enumerate(args.variants):
+            label = variant.label
             counts = []
             for uploads in (args.warmup, args.warmup + args.uploads):
                 started = time.monotonic()
-                counts.append(counted_run(expand(env, sink_url), uploads, args, work, f"{index}-{uploads}"))
+                counts.append(
+                    counted_run(
+                        expand(variant.env, args.webhook_sink_url), uploads, args, work, f"{index}-{uploads}"
+                    )
+                )
                 took = time.monotonic() - started
                 log(f"{label}: {uploads} uploads, {counts[-1]:,} instructions ({took:.0f} s)")
             results[label] = (counts[1] - counts[0]) / args.uploads
             log(f"{label}: {results[label]:,.0f} instructions per upload")
     finally:
-        sink.terminate()
-        sink.wait(10)
+        if sink is not None:
+            sink.terminate()
+            sink.wait(10)
     first = next(iter(results.values()))
     shape = f"{args.uploads} x {args.size_kib} KiB, {args.concurrency} at once"
     print(f"\n### Instructions per upload: {shape}\n")
